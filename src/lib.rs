@@ -6,9 +6,11 @@
 //! shell around them.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod provisioner;
+pub mod rbac;
 pub mod telemetry;
 
 use std::process::ExitCode;

@@ -6,10 +6,14 @@
 //! shell around them.
 #![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod commands;
+pub mod policy;
 pub mod provisioner;
+pub mod quantity;
 pub mod rbac;
 pub mod telemetry;
 

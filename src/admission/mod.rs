@@ -1,0 +1,550 @@
+//! The admission engine: AdmissionReview bytes in, a [`Decision`] and AdmissionReview bytes out.
+//!
+//! Pure: no tokio, no HTTP, no Kubernetes client, no clock. The webhook server, the offline
+//! `mutate` command, the benchmarks and the fuzzers all call the same functions, so they cannot
+//! disagree. Decoding reads only the fields a decision needs ([`view`]); patches are built by
+//! hand as `add`/`remove` operations ([`patch`]), never by diffing a re-serialized object.
+
+pub mod patch;
+pub mod prometheus;
+pub mod statefulset;
+pub mod view;
+
+use std::{borrow::Cow, fmt};
+
+use base64::Engine as _;
+use json_patch::PatchOperation;
+use serde::Serialize;
+
+use crate::policy::{
+    self, AnnotationError, Mode, Overrides, Policy, Source, StorageSpec, parse_bool_annotation,
+};
+pub use prometheus::CrKind;
+pub use view::{MetaView, Operation, Request, ReviewView};
+
+/// Longest warning line we return (kubectl prints each one).
+pub const MAX_WARNING_LEN: usize = 120;
+
+/// The annotations kube-persist reads (after the `kube-persist.io/` prefix).
+pub const KNOWN_ANNOTATIONS: [&str; 8] = [
+    "skip",
+    "adopt",
+    "size",
+    "storage-class",
+    "access-modes",
+    "volumes",
+    "mount-path",
+    "containers",
+];
+
+/// What happened to one admission request, as recorded in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// A patch was returned.
+    Mutated,
+    /// Nothing to do (not a target, or storage already there).
+    Unchanged,
+    /// Policy or the object asked us to leave it.
+    Skipped,
+    /// Audit mode: this patch would have been returned.
+    WouldMutate,
+    /// An annotation value is invalid; allowed unchanged (or denied when strict).
+    Invalid,
+    /// The object could not be read; allowed unchanged.
+    Error,
+}
+
+impl Outcome {
+    /// The audit log spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Mutated => "mutated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Skipped => "skipped",
+            Outcome::WouldMutate => "would-mutate",
+            Outcome::Invalid => "invalid",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The storage a decision added (or would add).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedStorage {
+    /// StorageClass name.
+    pub storage_class_name: String,
+    /// Size as written.
+    pub size: String,
+    /// Where class and size came from.
+    pub source: Source,
+}
+
+/// A policy decision about one object: a value, never an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Why, in a few words.
+    pub reason: String,
+    /// The JSON Patch (empty unless [`Outcome::Mutated`]; for [`Outcome::WouldMutate`], what
+    /// would have been applied).
+    pub patch: Vec<PatchOperation>,
+    /// Lines for the user (kubectl prints them).
+    pub warnings: Vec<String>,
+    /// The storage added or proposed.
+    pub storage: Option<AddedStorage>,
+    /// Set when strict policy denies the request.
+    pub denied: Option<String>,
+}
+
+impl Decision {
+    fn new(outcome: Outcome, reason: impl Into<String>) -> Self {
+        Decision {
+            outcome,
+            reason: reason.into(),
+            patch: Vec::new(),
+            warnings: Vec::new(),
+            storage: None,
+            denied: None,
+        }
+    }
+
+    /// Allowed unchanged: nothing to do.
+    pub fn unchanged(reason: impl Into<String>) -> Self {
+        Decision::new(Outcome::Unchanged, reason)
+    }
+
+    /// Allowed unchanged: policy or the object opted out.
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        Decision::new(Outcome::Skipped, reason)
+    }
+
+    /// Allowed unchanged: the object could not be read.
+    pub fn error(reason: impl Into<String>) -> Self {
+        Decision::new(Outcome::Error, reason)
+    }
+
+    /// Adds a warning line (shortened to [`MAX_WARNING_LEN`]).
+    pub fn warn(mut self, text: impl Into<String>) -> Self {
+        self.warnings.push(shorten(text.into()));
+        self
+    }
+
+    /// The patch that the response carries (empty unless mutated).
+    pub fn response_patch(&self) -> &[PatchOperation] {
+        match self.outcome {
+            Outcome::Mutated => &self.patch,
+            _ => &[],
+        }
+    }
+}
+
+/// Who a decision is about, for warnings and the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct Ident<'r> {
+    /// Kind.
+    pub kind: &'r str,
+    /// Namespace (empty for cluster-scoped objects).
+    pub namespace: &'r str,
+    /// Name, or the `generateName` prefix.
+    pub name: &'r str,
+    /// Whether `name` is a `generateName` prefix.
+    pub generated: bool,
+}
+
+impl<'r> Ident<'r> {
+    /// Identifies the object of `req`.
+    pub fn of(req: &'r Request<'_>) -> Self {
+        let meta = req.object.as_ref().and_then(|o| o.metadata.as_ref());
+        let namespace = non_empty(req.namespace.as_deref())
+            .or_else(|| meta.and_then(|m| non_empty(m.namespace.as_deref())))
+            .unwrap_or("");
+        let name = non_empty(req.name.as_deref())
+            .or_else(|| meta.and_then(|m| non_empty(m.name.as_deref())));
+        let (name, generated) = match name {
+            Some(n) => (n, false),
+            None => (
+                meta.and_then(|m| non_empty(m.generate_name.as_deref()))
+                    .unwrap_or(""),
+                true,
+            ),
+        };
+        Ident {
+            kind: &req.kind.kind,
+            namespace,
+            name,
+            generated,
+        }
+    }
+}
+
+impl fmt::Display for Ident<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let star = if self.generated { "*" } else { "" };
+        if self.namespace.is_empty() {
+            write!(f, "{} {}{star}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}{star}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// The kinds kube-persist acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A Prometheus-Operator custom resource.
+    Cr(CrKind),
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+}
+
+impl Target {
+    /// The target for a group/version/kind, if it is one.
+    pub fn of(group: &str, version: &str, kind: &str) -> Option<Target> {
+        match (group, version, kind) {
+            ("apps", "v1", "StatefulSet") => Some(Target::StatefulSet),
+            ("monitoring.coreos.com", v, k) => CrKind::of(v, k).map(Target::Cr),
+            _ => None,
+        }
+    }
+
+    /// A bounded label for metrics (`other` for everything else).
+    pub fn metric_label(target: Option<Target>) -> &'static str {
+        match target {
+            Some(Target::StatefulSet) => "StatefulSet",
+            Some(Target::Cr(k)) => k.as_str(),
+            None => "other",
+        }
+    }
+}
+
+/// Decides what to do with `req` under `policy`.
+pub fn evaluate(req: &Request<'_>, policy: &Policy) -> Decision {
+    let Some(target) = Target::of(&req.kind.group, &req.kind.version, &req.kind.kind) else {
+        return Decision::unchanged("not a target kind");
+    };
+    if let Some(sub) = non_empty(req.sub_resource.as_deref()) {
+        return Decision::unchanged(format!("subresource {sub} is not mutated"));
+    }
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Decision::unchanged(format!(
+            "operation {} is not mutated",
+            req.operation.as_str()
+        ));
+    }
+    if let Some(problem) = &req.object_error {
+        return Decision::error(format!("cannot read the object: {problem}"))
+            .warn(format!("kube-persist: could not read {}: left unchanged", Ident::of(req)));
+    }
+    let Some(object) = req.object.as_ref() else {
+        return Decision::error("the request has no object");
+    };
+    match target {
+        Target::Cr(kind) => prometheus::decide(req, object, kind, policy),
+        Target::StatefulSet => statefulset::decide(req, object, policy),
+    }
+}
+
+/// What every kind checks before looking at storage: namespace exclusion, the `skip` opt-out,
+/// and whether the override annotations are valid.
+pub(crate) struct Gate<'a> {
+    /// Storage for this object.
+    pub storage: StorageSpec<'a>,
+    /// `kube-persist.io/adopt: "true"`.
+    pub adopt: bool,
+    /// Warnings to pass on (unknown annotations).
+    pub warnings: Vec<String>,
+}
+
+/// Runs the common checks; `Err` is the final decision.
+pub(crate) fn gate<'a>(
+    ident: &Ident<'_>,
+    meta: Option<&'a MetaView<'a>>,
+    policy: &'a Policy,
+    extra_errors: Vec<AnnotationError>,
+) -> Result<Gate<'a>, Decision> {
+    if !ident.namespace.is_empty() && policy.is_excluded_namespace(ident.namespace) {
+        return Err(Decision::skipped(format!(
+            "namespace {} is excluded by policy",
+            ident.namespace
+        )));
+    }
+    let annotations = meta.and_then(|m| m.annotations.as_ref());
+    let get = |name: &str| annotations.and_then(|a| a.get(name));
+    let mut errors = Vec::new();
+    let mut flag = |name: &str| match get(name).map(|v| parse_bool_annotation(name, v)) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            errors.push(e);
+            false
+        }
+        None => false,
+    };
+    if flag("skip") {
+        return Err(Decision::skipped(format!(
+            "annotation {}skip is \"true\"",
+            policy::ANNOTATION_PREFIX
+        )));
+    }
+    let adopt = flag("adopt");
+    let overrides = Overrides {
+        size: get("size"),
+        storage_class: get("storage-class"),
+        access_modes: get("access-modes"),
+    };
+    errors.extend(extra_errors);
+    let storage = match policy.storage_for(ident.namespace, &overrides) {
+        Ok(storage) if errors.is_empty() => storage,
+        Ok(_) => return Err(invalid(ident, &errors, policy)),
+        Err(mut more) => {
+            errors.append(&mut more);
+            return Err(invalid(ident, &errors, policy));
+        }
+    };
+    let warnings = annotations
+        .into_iter()
+        .flat_map(|a| a.0.iter())
+        .filter(|(k, _)| !KNOWN_ANNOTATIONS.contains(&k.as_ref()))
+        .map(|(k, _)| {
+            shorten(format!(
+                "kube-persist: unknown annotation {}{k} ignored ({ident})",
+                policy::ANNOTATION_PREFIX
+            ))
+        })
+        .collect();
+    Ok(Gate {
+        storage,
+        adopt,
+        warnings,
+    })
+}
+
+/// The decision for invalid annotations: allowed unchanged with a warning per problem, or
+/// denied under a strict policy.
+pub(crate) fn invalid(ident: &Ident<'_>, errors: &[AnnotationError], policy: &Policy) -> Decision {
+    let reason = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut d = Decision::new(Outcome::Invalid, format!("invalid annotation: {reason}"));
+    for e in errors {
+        d = d.warn(format!("kube-persist: {ident} left unchanged: {e}"));
+    }
+    if policy.strict {
+        d.denied = Some(format!(
+            "kube-persist (strict policy): invalid annotation on {ident}: {reason}"
+        ));
+    }
+    d
+}
+
+/// The decision to add storage: applied in enforce mode, only reported in audit mode.
+/// `what` describes the addition for the warning (e.g. `100Gi volume`).
+pub(crate) fn propose(
+    ident: &Ident<'_>,
+    policy: &Policy,
+    storage: &StorageSpec<'_>,
+    ops: Vec<PatchOperation>,
+    what: &str,
+    mut warnings: Vec<String>,
+) -> Decision {
+    let added = AddedStorage {
+        storage_class_name: storage.storage_class_name.to_string(),
+        size: storage.size.as_str().to_string(),
+        source: storage.source,
+    };
+    let class = &added.storage_class_name;
+    let mut d = match policy.mode_for(ident.namespace) {
+        Mode::Enforce => Decision::new(Outcome::Mutated, format!("added {what}"))
+            .warn(format!("kube-persist: added {what} on StorageClass {class} ({ident})")),
+        Mode::Audit => Decision::new(Outcome::WouldMutate, format!("audit mode: would add {what}"))
+            .warn(format!(
+                "kube-persist: audit mode, would add {what} on StorageClass {class} ({ident})"
+            )),
+    };
+    d.patch = ops;
+    d.storage = Some(added);
+    d.warnings.append(&mut warnings);
+    d
+}
+
+/// Cuts `text` to [`MAX_WARNING_LEN`] characters (on a character boundary).
+pub fn shorten(mut text: String) -> String {
+    if text.chars().count() > MAX_WARNING_LEN {
+        let cut = text
+            .char_indices()
+            .nth(MAX_WARNING_LEN - 3)
+            .map_or(text.len(), |(i, _)| i);
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+/// Why a body is not a usable AdmissionReview (the HTTP layer answers 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON.
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// JSON, but not an AdmissionReview with a request.
+    #[error("not an AdmissionReview: {0}")]
+    NotAReview(String),
+}
+
+/// A decoded and decided review.
+#[derive(Debug)]
+pub struct Reviewed<'a> {
+    /// `apiVersion` to answer with.
+    pub api_version: Cow<'a, str>,
+    /// The request.
+    pub request: Request<'a>,
+    /// The decision.
+    pub decision: Decision,
+    /// The AdmissionReview response, serialized.
+    pub response: Vec<u8>,
+}
+
+/// Decodes `body`, decides under `policy` and encodes the response.
+pub fn review<'a>(body: &'a [u8], policy: &Policy) -> Result<Reviewed<'a>, ReviewError> {
+    let (api_version, request) = decode(body)?;
+    let decision = evaluate(&request, policy);
+    let response = encode(&api_version, &request.uid, &decision);
+    Ok(Reviewed {
+        api_version,
+        request,
+        decision,
+        response,
+    })
+}
+
+/// Decodes an AdmissionReview body into its `apiVersion` and request.
+///
+/// An object this engine cannot read (a field of the wrong type) still yields the request, with
+/// `object` unset and the problem recorded, so the response keeps the request's uid.
+pub fn decode(body: &[u8]) -> Result<(Cow<'_, str>, Request<'_>), ReviewError> {
+    match serde_json::from_slice::<ReviewView<'_>>(body) {
+        Ok(review) => check_envelope(review),
+        Err(e) if e.is_data() => {
+            let object_error = e.to_string();
+            let fallback: view::FallbackReview<'_> =
+                serde_json::from_slice(body).map_err(|_| ReviewError::NotAReview(object_error.clone()))?;
+            let (api_version, mut request) = check_envelope(fallback.into_review())?;
+            request.object_error = Some(object_error);
+            Ok((api_version, request))
+        }
+        Err(e) => Err(ReviewError::Malformed(e.to_string())),
+    }
+}
+
+fn check_envelope(review: ReviewView<'_>) -> Result<(Cow<'_, str>, Request<'_>), ReviewError> {
+    let ReviewView {
+        api_version,
+        kind,
+        request,
+    } = review;
+    match kind.as_deref() {
+        Some("AdmissionReview") => {}
+        Some(other) => {
+            return Err(ReviewError::NotAReview(format!(
+                "kind is {other:?}, expected \"AdmissionReview\""
+            )));
+        }
+        None => return Err(ReviewError::NotAReview("kind is missing".to_string())),
+    }
+    let api_version = match api_version {
+        Some(v) if v == "admission.k8s.io/v1" || v == "admission.k8s.io/v1beta1" => v,
+        Some(v) => {
+            return Err(ReviewError::NotAReview(format!(
+                "apiVersion {v:?} is not admission.k8s.io/v1"
+            )));
+        }
+        None => return Err(ReviewError::NotAReview("apiVersion is missing".to_string())),
+    };
+    let request =
+        request.ok_or_else(|| ReviewError::NotAReview("the review has no request".to_string()))?;
+    if request.uid.is_empty() {
+        return Err(ReviewError::NotAReview("request.uid is empty".to_string()));
+    }
+    Ok((api_version, request))
+}
+
+/// Serializes the AdmissionReview response for `decision`.
+pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
+    let patch = decision.response_patch();
+    let patch_b64 = (!patch.is_empty())
+        .then(|| base64::engine::general_purpose::STANDARD.encode(patch::to_json(patch)));
+    let storage = decision
+        .storage
+        .as_ref()
+        .map(|s| format!("{}/{}", s.storage_class_name, s.size));
+    let out = ReviewOut {
+        api_version,
+        kind: "AdmissionReview",
+        response: ResponseOut {
+            uid,
+            allowed: decision.denied.is_none(),
+            status: decision.denied.as_deref().map(|message| StatusOut {
+                code: 403,
+                reason: "Forbidden",
+                message,
+            }),
+            patch_type: patch_b64.as_ref().map(|_| "JSONPatch"),
+            patch: patch_b64.as_deref(),
+            warnings: &decision.warnings,
+            audit_annotations: AuditAnnotations {
+                decision: decision.outcome.as_str(),
+                storage: storage.as_deref(),
+            },
+        },
+    };
+    // Plain strings and bools: serialization cannot fail.
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    audit_annotations: AuditAnnotations<'a>,
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    code: u16,
+    reason: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct AuditAnnotations<'a> {
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! Prometheus-Operator custom resources: `Prometheus`, `PrometheusAgent`, `Alertmanager` and
+//! `ThanosRuler` all keep their data per `spec.storage`. Decides whether to add a
+//! `volumeClaimTemplate` (and the protective extras the kind's CRD declares), and builds the
+//! `add` operations. Never touches a CR that chose its storage.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value, json};
+
+use super::{
+    Decision, Ident, Request, gate, patch, propose,
+    view::{ObjectView, Operation},
+};
+use crate::{
+    policy::{OnUpdate, Policy, RetentionPolicy},
+    quantity,
+};
+
+/// The four Prometheus-Operator kinds with `spec.storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrKind {
+    /// `monitoring.coreos.com/v1` Prometheus.
+    Prometheus,
+    /// `monitoring.coreos.com/v1alpha1` PrometheusAgent.
+    PrometheusAgent,
+    /// `monitoring.coreos.com/v1` Alertmanager.
+    Alertmanager,
+    /// `monitoring.coreos.com/v1` ThanosRuler.
+    ThanosRuler,
+}
+
+impl CrKind {
+    /// The kind at the versions the CRDs serve.
+    pub fn of(version: &str, kind: &str) -> Option<CrKind> {
+        match (version, kind) {
+            ("v1", "Prometheus") => Some(CrKind::Prometheus),
+            ("v1alpha1", "PrometheusAgent") => Some(CrKind::PrometheusAgent),
+            ("v1", "Alertmanager") => Some(CrKind::Alertmanager),
+            ("v1", "ThanosRuler") => Some(CrKind::ThanosRuler),
+            _ => None,
+        }
+    }
+
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrKind::Prometheus => "Prometheus",
+            CrKind::PrometheusAgent => "PrometheusAgent",
+            CrKind::Alertmanager => "Alertmanager",
+            CrKind::ThanosRuler => "ThanosRuler",
+        }
+    }
+
+    /// Whether the CRD declares `spec.persistentVolumeClaimRetentionPolicy` (ThanosRuler does
+    /// not; the API server would silently prune it).
+    pub fn has_pvc_retention_policy(self) -> bool {
+        !matches!(self, CrKind::ThanosRuler)
+    }
+
+    /// Whether the CRD declares `spec.retentionSize` (only Prometheus).
+    pub fn has_retention_size(self) -> bool {
+        matches!(self, CrKind::Prometheus)
+    }
+}
+
+/// `spec.storage`: which form it takes (any form is an explicit choice).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageView {
+    /// `emptyDir`.
+    #[serde(default)]
+    pub empty_dir: Option<IgnoredAny>,
+    /// `ephemeral`.
+    #[serde(default)]
+    pub ephemeral: Option<IgnoredAny>,
+    /// `volumeClaimTemplate`.
+    #[serde(default)]
+    pub volume_claim_template: Option<IgnoredAny>,
+}
+
+impl StorageView {
+    fn form(&self) -> &'static str {
+        if self.volume_claim_template.is_some() {
+            "volumeClaimTemplate"
+        } else if self.ephemeral.is_some() {
+            "ephemeral"
+        } else if self.empty_dir.is_some() {
+            "emptyDir"
+        } else {
+            "{}"
+        }
+    }
+}
+
+/// Decides for one CR of `kind`.
+pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, kind: CrKind, policy: &Policy) -> Decision {
+    let ident = Ident::of(req);
+    if !policy.targets.prometheus_operator {
+        return Decision::skipped("policy targets.prometheusOperator is false");
+    }
+    let gate = match gate(&ident, object.metadata.as_ref(), policy, Vec::new()) {
+        Ok(gate) => gate,
+        Err(decision) => return decision,
+    };
+    let spec = object.spec.as_ref();
+    if let Some(storage) = spec.and_then(|s| s.storage.as_ref()) {
+        let form = storage.form();
+        let d = Decision::unchanged(format!("spec.storage is set ({form}): explicit choice respected"));
+        return if form == "emptyDir" {
+            d.warn(format!(
+                "kube-persist: {ident} keeps its data in emptyDir: it is lost when a pod restarts"
+            ))
+        } else {
+            d
+        };
+    }
+    if kind == CrKind::PrometheusAgent && spec.and_then(|s| s.mode.as_deref()) == Some("DaemonSet") {
+        return Decision::skipped("PrometheusAgent in DaemonSet mode cannot have storage");
+    }
+    if req.operation == Operation::Update {
+        let old_storage = req
+            .old_object
+            .as_ref()
+            .and_then(|o| o.spec.as_ref())
+            .and_then(|s| s.storage);
+        if let Some(old) = old_storage {
+            return keep_old_storage(&ident, policy, &gate, old.get());
+        }
+        if !(gate.adopt || policy.on_update == OnUpdate::Mutate) {
+            return Decision::skipped(
+                "UPDATE of an object without storage: adding it would restart every pod",
+            )
+            .warn(format!(
+                "kube-persist: {ident} has no persistent storage; not added on UPDATE (restarts pods)"
+            ))
+            .warn(format!(
+                "kube-persist: to add it, annotate {ident} with kube-persist.io/adopt=true"
+            ));
+        }
+    }
+
+    let storage = &gate.storage;
+    let mut fields = Map::new();
+    fields.insert(
+        "storage".to_string(),
+        json!({
+            "volumeClaimTemplate": {
+                "spec": {
+                    "storageClassName": storage.storage_class_name,
+                    "accessModes": storage.access_modes,
+                    "resources": { "requests": { "storage": storage.size.as_str() } },
+                }
+            }
+        }),
+    );
+    let has = |f: fn(&super::view::SpecView<'_>) -> bool| spec.is_some_and(f);
+    if policy.retention_policy == RetentionPolicy::Retain
+        && kind.has_pvc_retention_policy()
+        && !has(|s| s.persistent_volume_claim_retention_policy.is_some())
+    {
+        fields.insert(
+            "persistentVolumeClaimRetentionPolicy".to_string(),
+            json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }),
+        );
+    }
+    if kind.has_retention_size()
+        && policy.retention_size_ratio > 0.0
+        && !has(|s| s.retention_size.is_some())
+    {
+        let limit = scaled(storage.size.bytes(), policy.retention_size_ratio);
+        fields.insert(
+            "retentionSize".to_string(),
+            Value::String(quantity::format_retention_size(limit)),
+        );
+    }
+    let ops = if spec.is_some() {
+        fields
+            .into_iter()
+            .map(|(name, value)| patch::add(patch::pointer(["spec", name.as_str()]), value))
+            .collect()
+    } else {
+        vec![patch::add(patch::pointer(["spec"]), Value::Object(fields))]
+    };
+    let what = format!("{} volume", storage.size.as_str());
+    propose(&ident, policy, storage, ops, &what, gate.warnings)
+}
+
+/// An UPDATE that drops `spec.storage` (e.g. server-side apply of the original manifest without
+/// it): removing storage would make the operator recreate the pods on emptyDir, so the old
+/// storage is put back verbatim. Setting `emptyDir` explicitly is the way to opt out.
+fn keep_old_storage(ident: &Ident<'_>, policy: &Policy, gate: &super::Gate<'_>, old: &str) -> Decision {
+    let value: Value = match serde_json::from_str(old) {
+        Ok(v) => v,
+        Err(e) => return Decision::error(format!("cannot read oldObject.spec.storage: {e}")),
+    };
+    let ops = vec![patch::add(patch::pointer(["spec", "storage"]), value)];
+    let mut d = propose(ident, policy, &gate.storage, ops, "back the existing spec.storage", gate.warnings.clone());
+    d.reason = format!("{} (the UPDATE removed it)", d.reason);
+    d.storage = None;
+    d
+}
+
+/// `bytes * ratio`, rounded down, without going through floating point for large values.
+fn scaled(bytes: u128, ratio: f64) -> u128 {
+    let per_million = (ratio * 1_000_000.0).round() as u128;
+    bytes / 1_000_000 * per_million + bytes % 1_000_000 * per_million / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_scaling_rounds_down_exactly() {
+        assert_eq!(scaled(100 << 30, 0.85), (100u128 << 30) * 85 / 100);
+        assert_eq!(scaled(10, 0.5), 5);
+        assert_eq!(scaled(1_000_001, 0.5), 500_000);
+    }
+
+    #[test]
+    fn kinds_and_their_fields_follow_the_crds() {
+        assert_eq!(CrKind::of("v1", "Prometheus"), Some(CrKind::Prometheus));
+        assert_eq!(CrKind::of("v1alpha1", "PrometheusAgent"), Some(CrKind::PrometheusAgent));
+        assert_eq!(CrKind::of("v1", "PrometheusAgent"), None);
+        assert_eq!(CrKind::of("v1", "ServiceMonitor"), None);
+        assert!(!CrKind::ThanosRuler.has_pvc_retention_policy());
+        assert!(CrKind::Alertmanager.has_pvc_retention_policy());
+        assert!(!CrKind::PrometheusAgent.has_retention_size());
+    }
+}

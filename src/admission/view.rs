@@ -1,0 +1,382 @@
+//! Borrowing, targeted views of an AdmissionReview: only the fields a decision needs are
+//! decoded; everything else is skipped without building a tree. Strings borrow from the request
+//! body unless they contain escapes.
+
+use std::{borrow::Cow, fmt};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, IgnoredAny, MapAccess, Visitor},
+};
+use serde_json::value::RawValue;
+
+use super::{prometheus::StorageView, statefulset::PodTemplateView};
+use crate::policy::ANNOTATION_PREFIX;
+
+/// The envelope: `apiVersion`, `kind` and the request.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewView<'a> {
+    /// `admission.k8s.io/v1`.
+    #[serde(borrow, default)]
+    pub api_version: Option<Cow<'a, str>>,
+    /// `AdmissionReview`.
+    #[serde(borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
+    /// The request; absent in a response-only body.
+    #[serde(borrow, default)]
+    pub request: Option<Request<'a>>,
+}
+
+/// An admission request, as the engine sees it. The webhook decodes it from JSON; the offline
+/// `mutate` command builds one per manifest.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request<'a> {
+    /// Echoed in the response.
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
+    /// Group, version and kind of the object.
+    #[serde(borrow)]
+    pub kind: GroupVersionKind<'a>,
+    /// Set for subresource requests (`status`, `scale`).
+    #[serde(borrow, default)]
+    pub sub_resource: Option<Cow<'a, str>>,
+    /// Object name (empty for CREATE with `generateName`).
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    /// Object namespace.
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    /// CREATE, UPDATE, DELETE or CONNECT.
+    pub operation: Operation,
+    /// Who asked.
+    #[serde(borrow, default)]
+    pub user_info: UserInfo<'a>,
+    /// The object after the change.
+    #[serde(borrow, default)]
+    pub object: Option<ObjectView<'a>>,
+    /// The object before an UPDATE.
+    #[serde(borrow, default)]
+    pub old_object: Option<OldObjectView<'a>>,
+    /// Dry run: answered like any other, marked in the audit record.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Set when the object could not be decoded (a field of an unexpected type); the request is
+    /// then answered unchanged with its uid.
+    #[serde(skip)]
+    pub object_error: Option<String>,
+}
+
+/// The envelope again, with the objects skipped: used only when the object itself could not be
+/// decoded, so the answer still carries the request's uid.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FallbackReview<'a> {
+    #[serde(borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request: Option<FallbackRequest<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FallbackRequest<'a> {
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    operation: Operation,
+    #[serde(borrow, default)]
+    user_info: UserInfo<'a>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+impl<'a> FallbackReview<'a> {
+    /// The review without its objects.
+    pub(crate) fn into_review(self) -> ReviewView<'a> {
+        ReviewView {
+            api_version: self.api_version,
+            kind: self.kind,
+            request: self.request.map(|r| Request {
+                uid: r.uid,
+                kind: r.kind,
+                sub_resource: r.sub_resource,
+                name: r.name,
+                namespace: r.namespace,
+                operation: r.operation,
+                user_info: r.user_info,
+                object: None,
+                old_object: None,
+                dry_run: r.dry_run,
+                object_error: None,
+            }),
+        }
+    }
+}
+
+/// `request.kind`.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupVersionKind<'a> {
+    /// API group (`""` for core).
+    #[serde(borrow, default)]
+    pub group: Cow<'a, str>,
+    /// API version.
+    #[serde(borrow, default)]
+    pub version: Cow<'a, str>,
+    /// Kind.
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+}
+
+/// `request.userInfo`.
+#[derive(Debug, Default, Deserialize)]
+pub struct UserInfo<'a> {
+    /// User name.
+    #[serde(borrow, default)]
+    pub username: Option<Cow<'a, str>>,
+    /// Groups.
+    #[serde(borrow, default)]
+    pub groups: Option<Vec<CowStr<'a>>>,
+}
+
+/// The admission operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// CREATE.
+    Create,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+    /// CONNECT.
+    Connect,
+}
+
+impl Operation {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Operation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let CowStr(s) = CowStr::deserialize(d)?;
+        match s.as_ref() {
+            "CREATE" => Ok(Operation::Create),
+            "UPDATE" => Ok(Operation::Update),
+            "DELETE" => Ok(Operation::Delete),
+            "CONNECT" => Ok(Operation::Connect),
+            other => Err(de::Error::invalid_value(
+                de::Unexpected::Str(other),
+                &"CREATE, UPDATE, DELETE or CONNECT",
+            )),
+        }
+    }
+}
+
+/// The fields of any target object that a decision reads. One pass over the object decodes
+/// what any of the kinds needs; each kind reads its own part.
+#[derive(Debug, Default, Deserialize)]
+pub struct ObjectView<'a> {
+    /// `metadata`.
+    #[serde(borrow, default)]
+    pub metadata: Option<MetaView<'a>>,
+    /// `spec`.
+    #[serde(borrow, default)]
+    pub spec: Option<SpecView<'a>>,
+}
+
+/// The union of the `spec` fields the kinds read (their names do not collide). Listed field by
+/// field rather than `#[serde(flatten)]`, which would buffer every other field of the spec.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecView<'a> {
+    /// Prometheus-Operator CRs: `spec.storage`.
+    #[serde(default)]
+    pub storage: Option<StorageView>,
+    /// PrometheusAgent: `spec.mode` (`StatefulSet` or `DaemonSet`).
+    #[serde(borrow, default)]
+    pub mode: Option<Cow<'a, str>>,
+    /// Prometheus: `spec.retentionSize`.
+    #[serde(default)]
+    pub retention_size: Option<IgnoredAny>,
+    /// `spec.persistentVolumeClaimRetentionPolicy` (CRs and StatefulSets).
+    #[serde(default)]
+    pub persistent_volume_claim_retention_policy: Option<IgnoredAny>,
+    /// StatefulSet: `spec.volumeClaimTemplates` (how many).
+    #[serde(default)]
+    pub volume_claim_templates: Option<ArrayLen>,
+    /// StatefulSet: `spec.template`.
+    #[serde(borrow, default)]
+    pub template: Option<PodTemplateView<'a>>,
+}
+
+/// `oldObject`: only whether it had storage, and that storage verbatim.
+#[derive(Debug, Default, Deserialize)]
+pub struct OldObjectView<'a> {
+    /// `spec`.
+    #[serde(borrow, default)]
+    pub spec: Option<OldSpecView<'a>>,
+}
+
+/// `oldObject.spec`.
+#[derive(Debug, Default, Deserialize)]
+pub struct OldSpecView<'a> {
+    /// `spec.storage` of a custom resource, verbatim.
+    #[serde(borrow, default)]
+    pub storage: Option<&'a RawValue>,
+}
+
+/// `metadata`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaView<'a> {
+    /// Name.
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    /// `generateName`, for CREATE without a name.
+    #[serde(borrow, default)]
+    pub generate_name: Option<Cow<'a, str>>,
+    /// Namespace.
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    /// Only the `kube-persist.io/*` annotations.
+    #[serde(borrow, default)]
+    pub annotations: Option<Annotations<'a>>,
+    /// Owner references (controller flag only).
+    #[serde(borrow, default)]
+    pub owner_references: Option<Vec<OwnerRefView<'a>>>,
+}
+
+/// One owner reference.
+#[derive(Debug, Default, Deserialize)]
+pub struct OwnerRefView<'a> {
+    /// Owner kind.
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+    /// Owner name.
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    /// Whether the owner is the managing controller.
+    #[serde(default)]
+    pub controller: Option<bool>,
+}
+
+/// The object's `kube-persist.io/*` annotations (key without the prefix, value); every other
+/// annotation (e.g. a large `last-applied-configuration`) is skipped while decoding.
+#[derive(Debug, Default)]
+pub struct Annotations<'a>(pub Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> Annotations<'a> {
+    /// The value of `kube-persist.io/<name>`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Annotations<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Annotations<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of annotations")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut ours = Vec::new();
+                while let Some(CowStr(key)) = map.next_key::<CowStr<'a>>()? {
+                    match strip_prefix(key) {
+                        Some(name) => {
+                            let CowStr(value) = map.next_value::<CowStr<'a>>()?;
+                            ours.push((name, value));
+                        }
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Annotations(ours))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+fn strip_prefix(key: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    match key {
+        Cow::Borrowed(k) => k.strip_prefix(ANNOTATION_PREFIX).map(Cow::Borrowed),
+        Cow::Owned(k) => k
+            .strip_prefix(ANNOTATION_PREFIX)
+            .map(|n| Cow::Owned(n.to_string())),
+    }
+}
+
+/// A string that borrows from the input when it has no escapes (serde's own `Cow` impl always
+/// allocates outside derived structs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CowStr<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = CowStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Counts the elements of a JSON array without decoding them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ArrayLen(pub usize);
+
+impl<'de> Deserialize<'de> for ArrayLen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ArrayLen;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<ArrayLen, S::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(ArrayLen(n))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}

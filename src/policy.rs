@@ -304,16 +304,15 @@ impl Policy {
             regex::Regex::new(pattern).map_err(|e| {
                 invalid(
                     &format!("statefulSets.excludeVolumeNames[{i}]"),
-                    format!("{pattern:?} is not a regular expression: {}", one_line(&e.to_string())),
+                    format!(
+                        "{pattern:?} is not a regular expression: {}",
+                        one_line(&e.to_string())
+                    ),
                 )
             })?;
         }
-        let exclude = RegexSet::new(&exclude_volume_names).map_err(|e| {
-            invalid(
-                "statefulSets.excludeVolumeNames",
-                one_line(&e.to_string()),
-            )
-        })?;
+        let exclude = RegexSet::new(&exclude_volume_names)
+            .map_err(|e| invalid("statefulSets.excludeVolumeNames", one_line(&e.to_string())))?;
         let TargetsFile {
             prometheus_operator,
             stateful_sets: sts_target,
@@ -496,7 +495,10 @@ fn validate_size(field: &str, size: &str) -> Result<Quantity, PolicyError> {
 
 fn validate_access_modes(field: &str, modes: Vec<String>) -> Result<Vec<String>, PolicyError> {
     if modes.is_empty() {
-        return Err(invalid(field, "at least one access mode is needed".to_string()));
+        return Err(invalid(
+            field,
+            "at least one access mode is needed".to_string(),
+        ));
     }
     match modes.iter().find(|m| !quantity::is_access_mode(m)) {
         Some(bad) => Err(invalid(
@@ -641,7 +643,10 @@ statefulSets:
         let example = Policy::from_yaml(SPEC_EXAMPLE, "example").unwrap();
         assert_same(&Policy::default(), &example);
         assert_same(&Policy::from_yaml("", "empty").unwrap(), &example);
-        assert_same(&Policy::from_yaml("# only a comment\n", "c").unwrap(), &example);
+        assert_same(
+            &Policy::from_yaml("# only a comment\n", "c").unwrap(),
+            &example,
+        );
         assert_eq!(example.storage.size.bytes(), 100 << 30);
     }
 
@@ -653,9 +658,18 @@ statefulSets:
             ("accessModes: [ReadWriteSometimes]", "`accessModes`"),
             ("accessModes: []", "`accessModes`"),
             ("retentionSizeRatio: 1.5", "`retentionSizeRatio`"),
-            ("namespaces: { monitoring: { size: lots } }", "`namespaces.monitoring.size`"),
-            ("statefulSets: { excludeVolumeNames: ['(unclosed'] }", "excludeVolumeNames[0]"),
-            ("excludeNamespaces: [Not_A_Namespace]", "excludeNamespaces[0]"),
+            (
+                "namespaces: { monitoring: { size: lots } }",
+                "`namespaces.monitoring.size`",
+            ),
+            (
+                "statefulSets: { excludeVolumeNames: ['(unclosed'] }",
+                "excludeVolumeNames[0]",
+            ),
+            (
+                "excludeNamespaces: [Not_A_Namespace]",
+                "excludeNamespaces[0]",
+            ),
         ];
         for (yaml, field) in cases {
             let err = Policy::from_yaml(yaml, "p.yaml").unwrap_err().to_string();
@@ -749,7 +763,16 @@ statefulSets:
     #[test]
     fn volume_exclusions_follow_the_patterns() {
         let p = Policy::default();
-        for excluded in ["tmp", "tmp-dir", "cache", "gocache", "scratch", "run", "docker-sock", "dshm"] {
+        for excluded in [
+            "tmp",
+            "tmp-dir",
+            "cache",
+            "gocache",
+            "scratch",
+            "run",
+            "docker-sock",
+            "dshm",
+        ] {
             assert!(p.stateful_sets.is_excluded_volume(excluded), "{excluded}");
         }
         for kept in ["data", "storage", "runner", "wal", "mytmp"] {

@@ -223,7 +223,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_syntax_zero_negative_and_huge() {
-        for bad in ["", "Gi", "10GB", "10 Gi", "1.2.3Gi", "abc", "10gi", "1e", "1e+", "--1"] {
+        for bad in [
+            "", "Gi", "10GB", "10 Gi", "1.2.3Gi", "abc", "10gi", "1e", "1e+", "--1",
+        ] {
             assert!(
                 matches!(parse_bytes(bad), Err(QuantityError::Syntax(_))),
                 "{bad}: {:?}",

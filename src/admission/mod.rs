@@ -238,8 +238,10 @@ pub fn evaluate(req: &Request<'_>, policy: &Policy) -> Decision {
         ));
     }
     if let Some(problem) = &req.object_error {
-        return Decision::error(format!("cannot read the object: {problem}"))
-            .warn(format!("kube-persist: could not read {}: left unchanged", Ident::of(req)));
+        return Decision::error(format!("cannot read the object: {problem}")).warn(format!(
+            "kube-persist: could not read {}: left unchanged",
+            Ident::of(req)
+        ));
     }
     let Some(object) = req.object.as_ref() else {
         return Decision::error("the request has no object");
@@ -361,12 +363,16 @@ pub(crate) fn propose(
     };
     let class = &added.storage_class_name;
     let mut d = match policy.mode_for(ident.namespace) {
-        Mode::Enforce => Decision::new(Outcome::Mutated, format!("added {what}"))
-            .warn(format!("kube-persist: added {what} on StorageClass {class} ({ident})")),
-        Mode::Audit => Decision::new(Outcome::WouldMutate, format!("audit mode: would add {what}"))
-            .warn(format!(
-                "kube-persist: audit mode, would add {what} on StorageClass {class} ({ident})"
-            )),
+        Mode::Enforce => Decision::new(Outcome::Mutated, format!("added {what}")).warn(format!(
+            "kube-persist: added {what} on StorageClass {class} ({ident})"
+        )),
+        Mode::Audit => Decision::new(
+            Outcome::WouldMutate,
+            format!("audit mode: would add {what}"),
+        )
+        .warn(format!(
+            "kube-persist: audit mode, would add {what} on StorageClass {class} ({ident})"
+        )),
     };
     d.patch = ops;
     d.storage = Some(added);
@@ -433,8 +439,8 @@ pub fn decode(body: &[u8]) -> Result<(Cow<'_, str>, Request<'_>), ReviewError> {
         Ok(review) => check_envelope(review),
         Err(e) if e.is_data() => {
             let object_error = e.to_string();
-            let fallback: view::FallbackReview<'_> =
-                serde_json::from_slice(body).map_err(|_| ReviewError::NotAReview(object_error.clone()))?;
+            let fallback: view::FallbackReview<'_> = serde_json::from_slice(body)
+                .map_err(|_| ReviewError::NotAReview(object_error.clone()))?;
             let (api_version, mut request) = check_envelope(fallback.into_review())?;
             request.object_error = Some(object_error);
             Ok((api_version, request))

@@ -93,7 +93,12 @@ impl StorageView {
 }
 
 /// Decides for one CR of `kind`.
-pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, kind: CrKind, policy: &Policy) -> Decision {
+pub fn decide(
+    req: &Request<'_>,
+    object: &ObjectView<'_>,
+    kind: CrKind,
+    policy: &Policy,
+) -> Decision {
     let ident = Ident::of(req);
     if !policy.targets.prometheus_operator {
         return Decision::skipped("policy targets.prometheusOperator is false");
@@ -105,7 +110,9 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, kind: CrKind, policy: 
     let spec = object.spec.as_ref();
     if let Some(storage) = spec.and_then(|s| s.storage.as_ref()) {
         let form = storage.form();
-        let d = Decision::unchanged(format!("spec.storage is set ({form}): explicit choice respected"));
+        let d = Decision::unchanged(format!(
+            "spec.storage is set ({form}): explicit choice respected"
+        ));
         return if form == "emptyDir" {
             d.warn(format!(
                 "kube-persist: {ident} keeps its data in emptyDir: it is lost when a pod restarts"
@@ -114,7 +121,8 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, kind: CrKind, policy: 
             d
         };
     }
-    if kind == CrKind::PrometheusAgent && spec.and_then(|s| s.mode.as_deref()) == Some("DaemonSet") {
+    if kind == CrKind::PrometheusAgent && spec.and_then(|s| s.mode.as_deref()) == Some("DaemonSet")
+    {
         return Decision::skipped("PrometheusAgent in DaemonSet mode cannot have storage");
     }
     if req.operation == Operation::Update {
@@ -140,9 +148,10 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, kind: CrKind, policy: 
     }
 
     let storage = &gate.storage;
-    let mut fields = Map::new();
-    fields.insert(
-        "storage".to_string(),
+    // (field, value) in the order the operations are emitted.
+    let mut fields: Vec<(&str, Value)> = Vec::with_capacity(3);
+    fields.push((
+        "storage",
         json!({
             "volumeClaimTemplate": {
                 "spec": {
@@ -152,34 +161,38 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, kind: CrKind, policy: 
                 }
             }
         }),
-    );
+    ));
     let has = |f: fn(&super::view::SpecView<'_>) -> bool| spec.is_some_and(f);
     if policy.retention_policy == RetentionPolicy::Retain
         && kind.has_pvc_retention_policy()
         && !has(|s| s.persistent_volume_claim_retention_policy.is_some())
     {
-        fields.insert(
-            "persistentVolumeClaimRetentionPolicy".to_string(),
+        fields.push((
+            "persistentVolumeClaimRetentionPolicy",
             json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }),
-        );
+        ));
     }
     if kind.has_retention_size()
         && policy.retention_size_ratio > 0.0
         && !has(|s| s.retention_size.is_some())
     {
         let limit = scaled(storage.size.bytes(), policy.retention_size_ratio);
-        fields.insert(
-            "retentionSize".to_string(),
+        fields.push((
+            "retentionSize",
             Value::String(quantity::format_retention_size(limit)),
-        );
+        ));
     }
     let ops = if spec.is_some() {
         fields
             .into_iter()
-            .map(|(name, value)| patch::add(patch::pointer(["spec", name.as_str()]), value))
+            .map(|(name, value)| patch::add(patch::pointer(["spec", name]), value))
             .collect()
     } else {
-        vec![patch::add(patch::pointer(["spec"]), Value::Object(fields))]
+        let spec: Map<String, Value> = fields
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        vec![patch::add(patch::pointer(["spec"]), Value::Object(spec))]
     };
     let what = format!("{} volume", storage.size.as_str());
     propose(&ident, policy, storage, ops, &what, gate.warnings)
@@ -188,13 +201,25 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, kind: CrKind, policy: 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply of the original manifest without
 /// it): removing storage would make the operator recreate the pods on emptyDir, so the old
 /// storage is put back verbatim. Setting `emptyDir` explicitly is the way to opt out.
-fn keep_old_storage(ident: &Ident<'_>, policy: &Policy, gate: &super::Gate<'_>, old: &str) -> Decision {
+fn keep_old_storage(
+    ident: &Ident<'_>,
+    policy: &Policy,
+    gate: &super::Gate<'_>,
+    old: &str,
+) -> Decision {
     let value: Value = match serde_json::from_str(old) {
         Ok(v) => v,
         Err(e) => return Decision::error(format!("cannot read oldObject.spec.storage: {e}")),
     };
     let ops = vec![patch::add(patch::pointer(["spec", "storage"]), value)];
-    let mut d = propose(ident, policy, &gate.storage, ops, "back the existing spec.storage", gate.warnings.clone());
+    let mut d = propose(
+        ident,
+        policy,
+        &gate.storage,
+        ops,
+        "back the existing spec.storage",
+        gate.warnings.clone(),
+    );
     d.reason = format!("{} (the UPDATE removed it)", d.reason);
     d.storage = None;
     d
@@ -220,7 +245,10 @@ mod tests {
     #[test]
     fn kinds_and_their_fields_follow_the_crds() {
         assert_eq!(CrKind::of("v1", "Prometheus"), Some(CrKind::Prometheus));
-        assert_eq!(CrKind::of("v1alpha1", "PrometheusAgent"), Some(CrKind::PrometheusAgent));
+        assert_eq!(
+            CrKind::of("v1alpha1", "PrometheusAgent"),
+            Some(CrKind::PrometheusAgent)
+        );
         assert_eq!(CrKind::of("v1", "PrometheusAgent"), None);
         assert_eq!(CrKind::of("v1", "ServiceMonitor"), None);
         assert!(!CrKind::ThanosRuler.has_pvc_retention_policy());

@@ -73,24 +73,32 @@ fn apply(object: &Value, response: &Value) -> Value {
 #[test]
 fn prometheus_without_storage_gets_the_default_volume_and_extras() {
     let object = prometheus(json!({"replicas": 2, "retention": "30d", "futureField": {"x": [1]}}));
-    let (d, response) = decide(&review_of("Prometheus", "v1", "CREATE", object.clone(), None), &Policy::default());
+    let (d, response) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object.clone(), None),
+        &Policy::default(),
+    );
     assert_eq!(d.outcome, Outcome::Mutated);
     assert_eq!(
         paths(&d),
         [
+            "add /spec/storage",
             "add /spec/persistentVolumeClaimRetentionPolicy",
-            "add /spec/retentionSize",
-            "add /spec/storage"
+            "add /spec/retentionSize"
         ]
     );
     let r = &response["response"];
     assert_eq!(r["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     assert_eq!(r["allowed"], true);
     assert_eq!(r["patchType"], "JSONPatch");
-    assert_eq!(r["auditAnnotations"], json!({"decision": "mutated", "storage": "prometheus-data-db/100Gi"}));
+    assert_eq!(
+        r["auditAnnotations"],
+        json!({"decision": "mutated", "storage": "prometheus-data-db/100Gi"})
+    );
     assert_eq!(
         r["warnings"],
-        json!(["kube-persist: added 100Gi volume on StorageClass prometheus-data-db (Prometheus monitoring/k8s)"])
+        json!([
+            "kube-persist: added 100Gi volume on StorageClass prometheus-data-db (Prometheus monitoring/k8s)"
+        ])
     );
     let mutated = apply(&object, &response);
     assert_eq!(
@@ -110,7 +118,10 @@ fn prometheus_without_storage_gets_the_default_volume_and_extras() {
     assert_eq!(mutated["spec"]["futureField"], json!({"x": [1]}));
     assert_eq!(mutated["metadata"], object["metadata"]);
     // Re-submitting the result gives no patch.
-    let (again, response) = decide(&review_of("Prometheus", "v1", "CREATE", mutated, None), &Policy::default());
+    let (again, response) = decide(
+        &review_of("Prometheus", "v1", "CREATE", mutated, None),
+        &Policy::default(),
+    );
     assert_eq!(again.outcome, Outcome::Unchanged);
     assert!(response["response"].get("patch").is_none());
 }
@@ -118,14 +129,31 @@ fn prometheus_without_storage_gets_the_default_volume_and_extras() {
 #[test]
 fn extras_follow_what_each_crd_declares() {
     let cases = [
-        ("PrometheusAgent", "v1alpha1", vec!["add /spec/persistentVolumeClaimRetentionPolicy", "add /spec/storage"]),
-        ("Alertmanager", "v1", vec!["add /spec/persistentVolumeClaimRetentionPolicy", "add /spec/storage"]),
+        (
+            "PrometheusAgent",
+            "v1alpha1",
+            vec![
+                "add /spec/storage",
+                "add /spec/persistentVolumeClaimRetentionPolicy",
+            ],
+        ),
+        (
+            "Alertmanager",
+            "v1",
+            vec![
+                "add /spec/storage",
+                "add /spec/persistentVolumeClaimRetentionPolicy",
+            ],
+        ),
         ("ThanosRuler", "v1", vec!["add /spec/storage"]),
     ];
     for (kind, version, expected) in cases {
         let mut object = prometheus(json!({"replicas": 1}));
         object["kind"] = json!(kind);
-        let (d, _) = decide(&review_of(kind, version, "CREATE", object, None), &Policy::default());
+        let (d, _) = decide(
+            &review_of(kind, version, "CREATE", object, None),
+            &Policy::default(),
+        );
         assert_eq!(d.outcome, Outcome::Mutated, "{kind}");
         assert_eq!(paths(&d), expected, "{kind}");
     }
@@ -137,11 +165,17 @@ fn extras_already_set_or_disabled_are_left_alone() {
         "retentionSize": "10GB",
         "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}
     }));
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", object, None), &Policy::default());
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object, None),
+        &Policy::default(),
+    );
     assert_eq!(paths(&d), ["add /spec/storage"]);
 
     let policy = Policy::from_yaml("retentionPolicy: none\nretentionSizeRatio: 0", "p").unwrap();
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None), &policy);
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None),
+        &policy,
+    );
     assert_eq!(paths(&d), ["add /spec/storage"]);
 }
 
@@ -149,10 +183,16 @@ fn extras_already_set_or_disabled_are_left_alone() {
 fn a_missing_spec_is_added_whole() {
     let mut object = prometheus(json!({}));
     object.as_object_mut().unwrap().remove("spec");
-    let (d, response) = decide(&review_of("Prometheus", "v1", "CREATE", object.clone(), None), &Policy::default());
+    let (d, response) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object.clone(), None),
+        &Policy::default(),
+    );
     assert_eq!(paths(&d), ["add /spec"]);
     let mutated = apply(&object, &response);
-    assert_eq!(mutated["spec"]["storage"]["volumeClaimTemplate"]["spec"]["storageClassName"], "prometheus-data-db");
+    assert_eq!(
+        mutated["spec"]["storage"]["volumeClaimTemplate"]["spec"]["storageClassName"],
+        "prometheus-data-db"
+    );
     assert_eq!(mutated["spec"]["retentionSize"], "85GiB");
 }
 
@@ -162,16 +202,30 @@ fn explicit_storage_in_any_form_is_respected() {
         (json!({"emptyDir": {"medium": ""}}), true),
         (json!({"ephemeral": {"volumeClaimTemplate": {}}}), false),
         (json!({}), false),
-        (json!({"volumeClaimTemplate": {"spec": {"storageClassName": "fast"}}}), false),
+        (
+            json!({"volumeClaimTemplate": {"spec": {"storageClassName": "fast"}}}),
+            false,
+        ),
     ] {
         let (d, response) = decide(
-            &review_of("Prometheus", "v1", "CREATE", prometheus(json!({"storage": storage})), None),
+            &review_of(
+                "Prometheus",
+                "v1",
+                "CREATE",
+                prometheus(json!({"storage": storage})),
+                None,
+            ),
             &Policy::default(),
         );
         assert_eq!(d.outcome, Outcome::Unchanged, "{storage}");
         assert!(d.patch.is_empty());
         assert!(response["response"].get("patch").is_none());
-        assert_eq!(!d.warnings.is_empty(), warned, "{storage}: {:?}", d.warnings);
+        assert_eq!(
+            !d.warnings.is_empty(),
+            warned,
+            "{storage}: {:?}",
+            d.warnings
+        );
     }
 }
 
@@ -179,7 +233,10 @@ fn explicit_storage_in_any_form_is_respected() {
 fn agent_in_daemonset_mode_is_skipped() {
     let mut object = prometheus(json!({"mode": "DaemonSet"}));
     object["kind"] = json!("PrometheusAgent");
-    let (d, _) = decide(&review_of("PrometheusAgent", "v1alpha1", "CREATE", object, None), &Policy::default());
+    let (d, _) = decide(
+        &review_of("PrometheusAgent", "v1alpha1", "CREATE", object, None),
+        &Policy::default(),
+    );
     assert_eq!(d.outcome, Outcome::Skipped);
     assert!(d.reason.contains("DaemonSet"));
 }
@@ -189,19 +246,37 @@ fn update_warns_by_default_and_mutates_when_adopted_or_configured() {
     let object = prometheus(json!({"replicas": 1}));
     let old = object.clone();
     let (d, response) = decide(
-        &review_of("Prometheus", "v1", "UPDATE", object.clone(), Some(old.clone())),
+        &review_of(
+            "Prometheus",
+            "v1",
+            "UPDATE",
+            object.clone(),
+            Some(old.clone()),
+        ),
         &Policy::default(),
     );
     assert_eq!(d.outcome, Outcome::Skipped);
     assert!(response["response"].get("patch").is_none());
-    assert!(d.warnings.iter().any(|w| w.contains("kube-persist.io/adopt=true")), "{:?}", d.warnings);
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.contains("kube-persist.io/adopt=true")),
+        "{:?}",
+        d.warnings
+    );
 
     let adopted = with_annotations(object.clone(), json!({"kube-persist.io/adopt": "true"}));
-    let (d, _) = decide(&review_of("Prometheus", "v1", "UPDATE", adopted, Some(old.clone())), &Policy::default());
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "UPDATE", adopted, Some(old.clone())),
+        &Policy::default(),
+    );
     assert_eq!(d.outcome, Outcome::Mutated);
 
     let policy = Policy::from_yaml("onUpdate: mutate", "p").unwrap();
-    let (d, _) = decide(&review_of("Prometheus", "v1", "UPDATE", object, Some(old)), &policy);
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "UPDATE", object, Some(old)),
+        &policy,
+    );
     assert_eq!(d.outcome, Outcome::Mutated);
 }
 
@@ -222,12 +297,21 @@ fn update_that_drops_storage_gets_the_old_storage_back() {
 #[test]
 fn excluded_namespace_and_skip_annotation_are_skipped() {
     let policy = Policy::from_yaml("excludeNamespaces: [monitoring]", "p").unwrap();
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None), &policy);
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None),
+        &policy,
+    );
     assert_eq!(d.outcome, Outcome::Skipped);
     assert!(d.reason.contains("monitoring"));
 
-    let object = with_annotations(prometheus(json!({})), json!({"kube-persist.io/skip": "true"}));
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", object, None), &Policy::default());
+    let object = with_annotations(
+        prometheus(json!({})),
+        json!({"kube-persist.io/skip": "true"}),
+    );
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object, None),
+        &Policy::default(),
+    );
     assert_eq!(d.outcome, Outcome::Skipped);
 }
 
@@ -242,20 +326,39 @@ fn annotations_override_class_size_and_access_modes() {
             "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\": \"json\"}"
         }),
     );
-    let (d, response) = decide(&review_of("Prometheus", "v1", "CREATE", object.clone(), None), &Policy::default());
+    let (d, response) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object.clone(), None),
+        &Policy::default(),
+    );
     let storage = d.storage.as_ref().unwrap();
-    assert_eq!((storage.storage_class_name.as_str(), storage.size.as_str(), storage.source), ("fast-nfs", "50Gi", Source::Annotation));
+    assert_eq!(
+        (
+            storage.storage_class_name.as_str(),
+            storage.size.as_str(),
+            storage.source
+        ),
+        ("fast-nfs", "50Gi", Source::Annotation)
+    );
     let mutated = apply(&object, &response);
-    assert_eq!(mutated["spec"]["storage"]["volumeClaimTemplate"]["spec"]["accessModes"], json!(["ReadWriteMany"]));
+    assert_eq!(
+        mutated["spec"]["storage"]["volumeClaimTemplate"]["spec"]["accessModes"],
+        json!(["ReadWriteMany"])
+    );
     assert_eq!(mutated["spec"]["retentionSize"], "42.5GiB");
 }
 
 #[test]
 fn namespace_override_is_the_source() {
     let policy = Policy::from_yaml("namespaces: { monitoring: { size: 200Gi } }", "p").unwrap();
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None), &policy);
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None),
+        &policy,
+    );
     let storage = d.storage.unwrap();
-    assert_eq!((storage.size.as_str(), storage.source), ("200Gi", Source::Namespace));
+    assert_eq!(
+        (storage.size.as_str(), storage.source),
+        ("200Gi", Source::Namespace)
+    );
 }
 
 #[test]
@@ -270,23 +373,46 @@ fn invalid_annotations_are_reported_and_denied_when_strict() {
     assert_eq!(response["response"]["allowed"], true);
     assert!(response["response"].get("patch").is_none());
     assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
-    assert!(d.reason.contains("kube-persist.io/size \"a lot\""), "{}", d.reason);
-    assert!(d.reason.contains("kube-persist.io/adopt \"yes\""), "{}", d.reason);
+    assert!(
+        d.reason.contains("kube-persist.io/size \"a lot\""),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason.contains("kube-persist.io/adopt \"yes\""),
+        "{}",
+        d.reason
+    );
 
     let strict = Policy::from_yaml("strict: true", "p").unwrap();
     let (d, response) = decide(&body, &strict);
     assert_eq!(d.outcome, Outcome::Invalid);
     assert_eq!(response["response"]["allowed"], false);
     assert_eq!(response["response"]["status"]["code"], 403);
-    assert!(response["response"]["status"]["message"].as_str().unwrap().contains("a lot"));
+    assert!(
+        response["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a lot")
+    );
 }
 
 #[test]
 fn unknown_annotations_warn_but_do_not_block() {
-    let object = with_annotations(prometheus(json!({})), json!({"kube-persist.io/szie": "1Gi"}));
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", object, None), &Policy::default());
+    let object = with_annotations(
+        prometheus(json!({})),
+        json!({"kube-persist.io/szie": "1Gi"}),
+    );
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object, None),
+        &Policy::default(),
+    );
     assert_eq!(d.outcome, Outcome::Mutated);
-    assert!(d.warnings.iter().any(|w| w.contains("unknown annotation kube-persist.io/szie")));
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.contains("unknown annotation kube-persist.io/szie"))
+    );
 }
 
 #[test]
@@ -295,11 +421,20 @@ fn audit_mode_reports_without_patching() {
         Policy::from_yaml("mode: audit", "p").unwrap(),
         Policy::from_yaml("namespaces: { monitoring: { mode: audit } }", "p").unwrap(),
     ] {
-        let (d, response) = decide(&review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None), &policy);
+        let (d, response) = decide(
+            &review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None),
+            &policy,
+        );
         assert_eq!(d.outcome, Outcome::WouldMutate);
-        assert!(!d.patch.is_empty(), "the proposed patch is kept for the audit log");
+        assert!(
+            !d.patch.is_empty(),
+            "the proposed patch is kept for the audit log"
+        );
         assert!(response["response"].get("patch").is_none());
-        assert_eq!(response["response"]["auditAnnotations"]["decision"], "would-mutate");
+        assert_eq!(
+            response["response"]["auditAnnotations"]["decision"],
+            "would-mutate"
+        );
         assert!(d.warnings[0].contains("would add 100Gi"));
     }
 }
@@ -307,22 +442,38 @@ fn audit_mode_reports_without_patching() {
 #[test]
 fn targets_switch_off_the_crs() {
     let policy = Policy::from_yaml("targets: { prometheusOperator: false }", "p").unwrap();
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None), &policy);
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None),
+        &policy,
+    );
     assert_eq!(d.outcome, Outcome::Skipped);
 }
 
 #[test]
 fn other_kinds_operations_and_subresources_are_unchanged() {
-    let mut other = serde_json::from_slice::<Value>(&review_of("ServiceMonitor", "v1", "CREATE", prometheus(json!({})), None)).unwrap();
+    let mut other = serde_json::from_slice::<Value>(&review_of(
+        "ServiceMonitor",
+        "v1",
+        "CREATE",
+        prometheus(json!({})),
+        None,
+    ))
+    .unwrap();
     let (d, _) = decide(&serde_json::to_vec(&other).unwrap(), &Policy::default());
     assert_eq!(d.outcome, Outcome::Unchanged);
 
     other["request"]["kind"]["kind"] = json!("Prometheus");
     other["request"]["subResource"] = json!("status");
     let (d, _) = decide(&serde_json::to_vec(&other).unwrap(), &Policy::default());
-    assert_eq!((d.outcome, d.reason.as_str()), (Outcome::Unchanged, "subresource status is not mutated"));
+    assert_eq!(
+        (d.outcome, d.reason.as_str()),
+        (Outcome::Unchanged, "subresource status is not mutated")
+    );
 
-    let (d, _) = decide(&review_of("Prometheus", "v1", "DELETE", Value::Null, None), &Policy::default());
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "DELETE", Value::Null, None),
+        &Policy::default(),
+    );
     assert_eq!(d.outcome, Outcome::Unchanged);
 }
 
@@ -330,45 +481,92 @@ fn other_kinds_operations_and_subresources_are_unchanged() {
 fn generate_name_identifies_the_object() {
     let mut object = prometheus(json!({}));
     object["metadata"] = json!({"generateName": "k8s-", "namespace": "monitoring"});
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", object, None), &Policy::default());
-    assert!(d.warnings[0].contains("(Prometheus monitoring/k8s-*)"), "{:?}", d.warnings);
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object, None),
+        &Policy::default(),
+    );
+    assert!(
+        d.warnings[0].contains("(Prometheus monitoring/k8s-*)"),
+        "{:?}",
+        d.warnings
+    );
 }
 
 #[test]
 fn long_names_keep_warnings_within_the_limit() {
     let mut object = prometheus(json!({}));
     object["metadata"]["name"] = json!("n".repeat(250));
-    let (d, _) = decide(&review_of("Prometheus", "v1", "CREATE", object, None), &Policy::default());
-    assert!(d.warnings.iter().all(|w| w.chars().count() <= MAX_WARNING_LEN));
+    let (d, _) = decide(
+        &review_of("Prometheus", "v1", "CREATE", object, None),
+        &Policy::default(),
+    );
+    assert!(
+        d.warnings
+            .iter()
+            .all(|w| w.chars().count() <= MAX_WARNING_LEN)
+    );
 }
 
 #[test]
 fn bad_bodies_are_errors_not_panics() {
-    assert!(matches!(review(b"{\"apiVersion\": ", &Policy::default()), Err(ReviewError::Malformed(_))));
-    assert!(matches!(review(b"", &Policy::default()), Err(ReviewError::Malformed(_))));
-    assert!(matches!(review(b"[1,2]", &Policy::default()), Err(ReviewError::NotAReview(_))));
-    assert!(matches!(review(b"{}", &Policy::default()), Err(ReviewError::NotAReview(_))));
+    assert!(matches!(
+        review(b"{\"apiVersion\": ", &Policy::default()),
+        Err(ReviewError::Malformed(_))
+    ));
+    assert!(matches!(
+        review(b"", &Policy::default()),
+        Err(ReviewError::Malformed(_))
+    ));
+    assert!(matches!(
+        review(b"[1,2]", &Policy::default()),
+        Err(ReviewError::NotAReview(_))
+    ));
+    assert!(matches!(
+        review(b"{}", &Policy::default()),
+        Err(ReviewError::NotAReview(_))
+    ));
     let no_request = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
     let err = review(no_request, &Policy::default()).unwrap_err();
-    assert_eq!(err.to_string(), "not an AdmissionReview: the review has no request");
+    assert_eq!(
+        err.to_string(),
+        "not an AdmissionReview: the review has no request"
+    );
     let wrong_kind = br#"{"apiVersion":"v1","kind":"ConfigMap","data":{}}"#;
-    assert!(review(wrong_kind, &Policy::default()).unwrap_err().to_string().contains("ConfigMap"));
+    assert!(
+        review(wrong_kind, &Policy::default())
+            .unwrap_err()
+            .to_string()
+            .contains("ConfigMap")
+    );
 }
 
 #[test]
 fn an_unreadable_object_is_allowed_with_the_uid() {
-    let mut body: Value = serde_json::from_slice(&review_of("Prometheus", "v1", "CREATE", prometheus(json!({})), None)).unwrap();
+    let mut body: Value = serde_json::from_slice(&review_of(
+        "Prometheus",
+        "v1",
+        "CREATE",
+        prometheus(json!({})),
+        None,
+    ))
+    .unwrap();
     body["request"]["object"]["spec"]["storage"] = json!("not an object");
     let (d, response) = decide(&serde_json::to_vec(&body).unwrap(), &Policy::default());
     assert_eq!(d.outcome, Outcome::Error);
-    assert_eq!(response["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(
+        response["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
     assert_eq!(response["response"]["allowed"], true);
     assert!(d.reason.contains("cannot read the object"), "{}", d.reason);
 }
 
 #[test]
 fn escaped_strings_decode_like_plain_ones() {
-    let object = with_annotations(prometheus(json!({})), json!({"kube-persist.io/size": "5\u{0030}Gi"}));
+    let object = with_annotations(
+        prometheus(json!({})),
+        json!({"kube-persist.io/size": "5\u{0030}Gi"}),
+    );
     let body = String::from_utf8(review_of("Prometheus", "v1", "CREATE", object, None))
         .unwrap()
         .replace("kube-persist.io/size", "kube-persist.io\\/size")

@@ -42,6 +42,7 @@ pub enum LogFormat {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum Command {
     /// Run the HTTPS admission webhook (and the NFS provisioner with `--provisioner`).
     Serve(ServeArgs),

@@ -11,10 +11,12 @@ pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod commands;
+pub mod metrics;
 pub mod policy;
 pub mod provisioner;
 pub mod quantity;
 pub mod rbac;
+pub mod server;
 pub mod telemetry;
 
 use std::process::ExitCode;
@@ -29,12 +31,24 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         command,
     } = cli;
     match command {
-        Command::Serve(_args) => anyhow::bail!("serve: not built yet"),
+        Command::Serve(args) => {
+            run(args.into_config()?, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Provisioner(_args) => anyhow::bail!("provisioner: not built yet"),
         Command::Mutate(args) => commands::mutate::run(args),
         Command::Scan(args) => commands::scan::run(args).await,
         Command::Certs(args) => commands::certs::run(args),
     }
+}
+
+/// Runs the webhook (`kube-persist serve`) until `shutdown` resolves, then drains in-flight
+/// requests and returns.
+pub async fn run(
+    config: cli::ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    server::run(config, shutdown).await
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

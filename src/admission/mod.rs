@@ -264,6 +264,10 @@ pub(crate) struct Gate<'a> {
 }
 
 /// Runs the common checks; `Err` is the final decision.
+#[allow(
+    clippy::result_large_err,
+    reason = "the Err side is the request's final decision, built once per request"
+)]
 pub(crate) fn gate<'a>(
     ident: &Ident<'_>,
     meta: Option<&'a MetaView<'a>>,

@@ -89,7 +89,11 @@ pub fn service_options(
 ) -> CertOptions {
     let svc = format!("{service}.{namespace}.svc");
     // X.509 limits a common name to 64 characters; the SANs are what clients check anyway.
-    let common_name = if svc.len() <= 64 { svc } else { service.to_string() };
+    let common_name = if svc.len() <= 64 {
+        svc
+    } else {
+        service.to_string()
+    };
     CertOptions {
         ca_common_name: format!("kube-persist CA for {service}.{namespace}"),
         common_name,
@@ -155,7 +159,9 @@ pub fn generate(opts: &CertOptions) -> Result<Generated, CertError> {
 
     let ca_key = KeyPair::generate().map_err(gen_err("CA key"))?;
     let mut ca = CertificateParams::default();
-    ca.distinguished_name = name(&opts.ca_common_name);
+    // A per-key suffix makes every CA's name unique, so a client that trusts another
+    // kube-persist CA reports an unknown issuer instead of a bad signature.
+    ca.distinguished_name = name(&format!("{} {}", opts.ca_common_name, key_tag(&ca_key)));
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -202,6 +208,16 @@ fn name(common_name: &str) -> DistinguishedName {
     dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "kube-persist");
     dn
+}
+
+/// Eight hex digits of the public key (after the SEC1 point-format byte): random per key.
+fn key_tag(key: &KeyPair) -> String {
+    key.public_key_raw()
+        .iter()
+        .skip(1)
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn time_now() -> time::OffsetDateTime {
@@ -256,7 +272,13 @@ mod tests {
 
     #[test]
     fn out_of_range_validity_is_an_error_not_a_panic() {
-        for (days, ca_days) in [(0, 10), (10, 0), (u32::MAX, 10), (10, u32::MAX), (1, MAX_DAYS + 1)] {
+        for (days, ca_days) in [
+            (0, 10),
+            (10, 0),
+            (u32::MAX, 10),
+            (10, u32::MAX),
+            (1, MAX_DAYS + 1),
+        ] {
             let opts = service_options("a", "b", "cluster.local", days, ca_days);
             let err = generate(&opts).unwrap_err();
             assert!(matches!(err, CertError::Validity { .. }), "{err}");
@@ -278,7 +300,14 @@ mod tests {
         }
         assert!(is_dns_subdomain("cluster.local"));
         assert!(is_dns_subdomain("k8s"));
-        for bad in ["", ".", "cluster..local", "cluster.local.", "Cluster.local", "a b"] {
+        for bad in [
+            "",
+            ".",
+            "cluster..local",
+            "cluster.local.",
+            "Cluster.local",
+            "a b",
+        ] {
             assert!(!is_dns_subdomain(bad), "{bad:?}");
         }
     }

@@ -61,7 +61,9 @@ pub enum CertsError {
         max: u32,
     },
     /// The serving certificate would outlive its CA.
-    #[error("--days ({days}) must not exceed --ca-days ({ca_days}): the certificate would outlive its CA")]
+    #[error(
+        "--days ({days}) must not exceed --ca-days ({ca_days}): the certificate would outlive its CA"
+    )]
     OutlivesCa {
         /// `--days`.
         days: u32,
@@ -372,7 +374,10 @@ mod tests {
             (|a| a.service = "Kube".into(), "--service"),
             (|a| a.service = "1svc".into(), "--service"),
             (|a| a.namespace = "a.b".into(), "--namespace"),
-            (|a| a.cluster_domain = "cluster..local".into(), "--cluster-domain"),
+            (
+                |a| a.cluster_domain = "cluster..local".into(),
+                "--cluster-domain",
+            ),
             (|a| a.days = 0, "--days"),
             (|a| a.ca_days = certs::MAX_DAYS + 1, "--ca-days"),
             (|a| a.days = 61, "must not exceed --ca-days"),
@@ -394,7 +399,10 @@ mod tests {
         let mut a = args(dir.path());
         a.force = true;
         let err = write_certs(&a).unwrap_err().to_string();
-        assert!(err.contains("tls.key") && err.contains("directory"), "{err}");
+        assert!(
+            err.contains("tls.key") && err.contains("directory"),
+            "{err}"
+        );
         assert!(!dir.path().join(CA_CERT_FILE).exists());
     }
 
@@ -418,6 +426,11 @@ mod tests {
     fn temp_names_stay_in_the_directory() {
         let tmp = temp_path(Path::new("/x/y/tls.key"));
         assert_eq!(tmp.parent(), Some(Path::new("/x/y")));
-        assert!(tmp.file_name().unwrap().to_string_lossy().starts_with(".tls.key.tmp"));
+        assert!(
+            tmp.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tls.key.tmp")
+        );
     }
 }

@@ -1835,3 +1835,77 @@ fn the_examples_show_the_incident_and_the_provisioner() {
         "the StatefulSet example has an emptyDir `data` to convert"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The image (the Dockerfile cannot be built here: no Docker engine; these are static checks)
+
+#[test]
+fn the_image_runs_what_the_deployment_expects() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let stages: Vec<&str> = dockerfile.split("\nFROM ").collect();
+    assert!(
+        stages.len() >= 3,
+        "multi-stage: a build stage and a runtime stage"
+    );
+    let runtime = stages.last().expect("a runtime stage");
+    let instruction = |name: &str| {
+        runtime
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in the runtime stage"))
+            .trim()
+            .to_string()
+    };
+    assert!(
+        runtime.starts_with("gcr.io/distroless/static") || runtime.starts_with("scratch"),
+        "a static base: {}",
+        runtime.lines().next().unwrap_or_default()
+    );
+
+    let d: Deployment = find(rendered("deploy"), "Deployment", "kube-persist");
+    let c = container(&d);
+    let user = instruction("USER");
+    let uid: i64 = user
+        .split(':')
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("USER {user} is not numeric (runAsNonRoot needs a uid)"));
+    assert_ne!(uid, 0);
+    assert_eq!(
+        pod_spec(&d)
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user),
+        Some(uid)
+    );
+
+    let entrypoint: Vec<String> =
+        serde_json::from_str(&instruction("ENTRYPOINT")).expect("exec-form ENTRYPOINT");
+    assert_eq!(
+        Some(&entrypoint),
+        c.command.as_ref(),
+        "the same binary path"
+    );
+
+    let exposed: BTreeSet<i32> = instruction("EXPOSE")
+        .split_whitespace()
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    for p in c.ports.iter().flatten() {
+        assert!(
+            exposed.contains(&p.container_port),
+            "EXPOSE {}",
+            p.container_port
+        );
+    }
+
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    let ignored: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for must in ["target", ".git", "certs/out", "certs/dev", "**/*.key"] {
+        assert!(ignored.contains(must), ".dockerignore must exclude {must}");
+    }
+}

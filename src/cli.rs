@@ -19,12 +19,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KUBE_PERSIST_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `kube_persist=debug`).
-    #[arg(
-        long,
-        global = true,
-        default_value = "info",
-        env = "KUBE_PERSIST_LOG_LEVEL"
-    )]
+    #[arg(long, global = true, default_value = "info", env = "KUBE_PERSIST_LOG_LEVEL")]
     pub log_level: String,
     /// What to run.
     #[command(subcommand)]
@@ -62,11 +57,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:8443", env = "KUBE_PERSIST_LISTEN")]
     pub listen: SocketAddr,
     /// Address of the plain-HTTP admin port (`/livez`, `/readyz`, `/metrics`).
-    #[arg(
-        long,
-        default_value = "0.0.0.0:8080",
-        env = "KUBE_PERSIST_ADMIN_LISTEN"
-    )]
+    #[arg(long, default_value = "0.0.0.0:8080", env = "KUBE_PERSIST_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
     /// PEM certificate chain of the webhook. Without `--tls-cert` and `--tls-key`, a
     /// self-signed development certificate for localhost is generated.
@@ -122,11 +113,7 @@ pub struct ProvisionerArgs {
     #[arg(long, env = "NFS_PATH")]
     pub nfs_path: Option<String>,
     /// Where the NFS export is mounted in this container.
-    #[arg(
-        long,
-        default_value = "/persistentvolumes",
-        env = "KUBE_PERSIST_NFS_ROOT"
-    )]
+    #[arg(long, default_value = "/persistentvolumes", env = "KUBE_PERSIST_NFS_ROOT")]
     pub nfs_root: PathBuf,
     /// Take a coordination.k8s.io Lease before provisioning, so several replicas can run.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ENABLE_LEADER_ELECTION")]
@@ -135,11 +122,7 @@ pub struct ProvisionerArgs {
     #[arg(long, env = "KUBE_PERSIST_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// Address of the provisioner's admin port when run alone (`/livez`, `/readyz`, `/metrics`).
-    #[arg(
-        long,
-        default_value = "0.0.0.0:8080",
-        env = "KUBE_PERSIST_PROVISIONER_ADMIN_LISTEN"
-    )]
+    #[arg(long, default_value = "0.0.0.0:8080", env = "KUBE_PERSIST_PROVISIONER_ADMIN_LISTEN")]
     pub provisioner_admin_listen: SocketAddr,
 }
 

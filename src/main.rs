@@ -12,10 +12,7 @@ fn main() -> ExitCode {
         eprintln!("kube-persist: {e:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kube-persist: cannot start the async runtime: {e}");

@@ -11,12 +11,7 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
+            .with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
             .try_init(),
         LogFormat::Text => registry
             .with(fmt::layer().with_writer(std::io::stderr))

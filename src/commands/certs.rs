@@ -370,7 +370,8 @@ mod tests {
     #[test]
     fn bad_flags_name_the_flag() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(fn(&mut CertsArgs), &str); 7] = [
+        type Change = fn(&mut CertsArgs);
+        let cases: [(Change, &str); 7] = [
             (|a| a.service = "Kube".into(), "--service"),
             (|a| a.service = "1svc".into(), "--service"),
             (|a| a.namespace = "a.b".into(), "--namespace"),

@@ -87,11 +87,9 @@ fn creates_the_secret_and_patches_the_ca_bundle() {
         "{}",
         run.log
     );
-    assert!(
-        run.log.contains("ARGS apply -f -\nSTDIN kind: Secret"),
-        "{}",
-        run.log
-    );
+    // The two sides of the pipe run at once: their lines may interleave.
+    assert!(run.log.contains("ARGS apply -f -"), "{}", run.log);
+    assert!(run.log.contains("STDIN kind: Secret"), "{}", run.log);
     let patch = format!(
         "ARGS patch mutatingwebhookconfiguration kube-persist --type=json -p \
          [{{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"{}\"}}]",

@@ -12,6 +12,8 @@
 //! Needs `kubectl` (client only, v1.27+ for kustomize v5) on the PATH, or its path in
 //! `$KUBECTL`. No cluster.
 
+mod common;
+
 use std::{
     any::TypeId,
     collections::{BTreeMap, BTreeSet},
@@ -204,7 +206,9 @@ fn check_object(v: &Value) -> Result<bool, String> {
         ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
             check_typed::<MutatingWebhookConfiguration>(v)
         }
-        ("monitoring.coreos.com/v1", "Prometheus") => check_crd(v, "prometheuses").map(|()| true),
+        ("monitoring.coreos.com/v1", "Prometheus") => common::crd::check(v)
+            .map_err(|e| format!("{}: {e}", id(v)))
+            .map(|()| true),
         ("monitoring.coreos.com/v1", "ServiceMonitor") => {
             serde_json::from_value::<ServiceMonitor>(v.clone())
                 .map_err(|e| format!("{}: {e}", id(v)))?
@@ -1080,28 +1084,10 @@ fn the_namespace_selector_excludes_the_control_plane_ourselves_and_opted_out_nam
 
 /// The Prometheus-Operator CRDs: `tests/fixtures/crds/` if the repository carries them, else
 /// the shared fixtures beside the repository.
-fn crd_dir() -> PathBuf {
-    let candidates = [
-        root().join("tests/fixtures/crds"),
-        root().join("../shared/fixtures/crds"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.join("monitoring.coreos.com_prometheuses.yaml").exists())
-        .cloned()
-        .unwrap_or_else(|| panic!("no Prometheus-Operator CRDs in {candidates:?}"))
-}
-
-fn crd(plural: &str) -> Value {
-    let path = crd_dir().join(format!("monitoring.coreos.com_{plural}.yaml"));
-    let text = std::fs::read_to_string(&path).expect("CRD file");
-    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 #[test]
 fn the_webhook_rule_versions_are_served_by_the_crds() {
     for (group, version, plural) in TARGETS.iter().filter(|t| t.0 == "monitoring.coreos.com") {
-        let crd = crd(plural);
+        let crd = common::crd::load(plural);
         assert_eq!(crd["spec"]["group"], *group);
         assert_eq!(crd["spec"]["names"]["plural"], *plural);
         let served = crd["spec"]["versions"]
@@ -1716,73 +1702,6 @@ fn cert_manager_issues_the_mounted_secret_for_the_service_names_and_injects_its_
 // Examples
 
 /// Fields of `value` that `schema` does not declare: the API server would prune them.
-fn undeclared(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) {
-    if schema["x-kubernetes-preserve-unknown-fields"] == true {
-        return;
-    }
-    match value {
-        Value::Object(map) => {
-            if let Some(props) = schema["properties"].as_object() {
-                for (k, v) in map {
-                    match props.get(k) {
-                        Some(s) => undeclared(v, s, &format!("{path}/{k}"), out),
-                        None => out.push(format!("{path}/{k}")),
-                    }
-                }
-            } else if schema["additionalProperties"].is_object() {
-                for (k, v) in map {
-                    undeclared(
-                        v,
-                        &schema["additionalProperties"],
-                        &format!("{path}/{k}"),
-                        out,
-                    );
-                }
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                undeclared(v, &schema["items"], &format!("{path}/{i}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Validates a custom resource against the `openAPIV3Schema` of its CRD version.
-fn check_crd(v: &Value, plural: &str) -> Result<(), String> {
-    let crd = crd(plural);
-    let version = v["apiVersion"]
-        .as_str()
-        .and_then(|a| a.rsplit_once('/'))
-        .map(|(_, v)| v)
-        .unwrap_or_default();
-    let schema = crd["spec"]["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|ver| ver["name"] == version)
-        .map(|ver| ver["schema"]["openAPIV3Schema"].clone())
-        .ok_or(format!("{}: version {version} not in the CRD", id(v)))?;
-    let validator = jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
-    let errors: Vec<String> = validator
-        .iter_errors(v)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect();
-    if !errors.is_empty() {
-        return Err(format!("{}: {errors:?}", id(v)));
-    }
-    let mut pruned = Vec::new();
-    undeclared(v, &schema, "", &mut pruned);
-    if !pruned.is_empty() {
-        return Err(format!(
-            "{}: fields the CRD does not declare: {pruned:?}",
-            id(v)
-        ));
-    }
-    Ok(())
-}
-
 #[test]
 fn the_examples_show_the_incident_and_the_provisioner() {
     let docs = rendered("deploy/examples");
@@ -1796,7 +1715,7 @@ fn the_examples_show_the_incident_and_the_provisioner() {
         prometheus["spec"].get("storage").is_none(),
         "the example is the incident: a Prometheus without spec.storage"
     );
-    check_crd(prometheus, "prometheuses").expect("valid against the CRD");
+    common::crd::check(prometheus).expect("valid against the CRD");
     assert!(
         prometheus["metadata"]["namespace"] != "kube-system"
             && prometheus["metadata"]["namespace"] != NAMESPACE,

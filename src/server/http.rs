@@ -1,7 +1,10 @@
 //! The webhook's HTTP surface: `POST /mutate` and nothing else. Turns HTTP into engine calls and
 //! back; every bad request gets a status and a one-line reason, never a panic.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 use axum::{
@@ -12,7 +15,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
 
 use crate::{
     admission::{self, ReviewError, Target},
@@ -94,21 +99,10 @@ async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Res
             &format!("body larger than --max-body ({} bytes)", state.max_body),
         )
     };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.max_body as u64) {
-        return too_large();
-    }
-    let body = match Limited::new(request.into_body(), state.max_body)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Err(e) => {
+    let body = match read_body(request.into_body(), state.max_body).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Read(e)) => {
             state.metrics.error("body_read");
             return plain(
                 StatusCode::BAD_REQUEST,
@@ -124,6 +118,72 @@ async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Res
         );
     }
     answer(&state, &body)
+}
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// How much of an oversized body is read and thrown away so the client sees the 413 (closing a
+/// connection with unread bytes makes the kernel reset it, which can destroy the answer).
+const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
+/// How long discarding may take.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads the whole body, up to `max` bytes. A single-frame body is returned without copying.
+async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+    let declared = body.size_hint().exact().map(|n| n as usize);
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut total = 0usize;
+    let mut over = declared.is_some_and(|n| n > max);
+    let discard_until = Instant::now() + DISCARD_TIME;
+    loop {
+        let frame = if over {
+            match tokio::time::timeout_at(discard_until.into(), body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(BodyError::TooLarge),
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue; // trailers
+        };
+        total += data.len();
+        if total > max {
+            over = true;
+            first = None;
+            buf = None;
+        }
+        if over {
+            if total > DISCARD_LIMIT {
+                return Err(BodyError::TooLarge);
+            }
+            continue;
+        }
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(data),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(declared.unwrap_or(f.len() + data.len()));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&data);
+                first = None;
+                buf = Some(b);
+            }
+            (_, Some(b)) => b.extend_from_slice(&data),
+        }
+    }
+    if over {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(match (first, buf) {
+        (Some(f), _) => f,
+        (None, Some(b)) => b.freeze(),
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// Decides one review body and records it (audit line, metrics).

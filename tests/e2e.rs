@@ -1,0 +1,408 @@
+//! End to end: the real binary on 127.0.0.1 over real TLS (rcgen certificates, a rustls client),
+//! HTTP/1.1 and HTTP/2, real AdmissionReview JSON.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Proto, Webhook, apply_patch, fixture, review_of};
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn prometheus_review() -> (Vec<u8>, Value) {
+    let body = fixture("reviews/a-prometheus.json");
+    let review: Value = serde_json::from_slice(&body).unwrap();
+    (body, review)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_is_mutated_over_http1_and_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut webhook = Webhook::start(dir.path(), &[]);
+    let (body, review) = prometheus_review();
+    let object = &review["request"]["object"];
+    for proto in [Proto::H1, Proto::H2] {
+        let mut client = webhook.client(proto).await;
+        let answer = client.review(body.clone()).await.unwrap();
+        let response = &answer["response"];
+        assert_eq!(answer["kind"], "AdmissionReview");
+        assert_eq!(response["uid"], review["request"]["uid"]);
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["auditAnnotations"]["decision"], "mutated");
+        let warnings = response["warnings"].as_array().unwrap();
+        assert!(
+            warnings[0]
+                .as_str()
+                .unwrap()
+                .starts_with("kube-persist: added 100Gi volume")
+        );
+        let mutated = apply_patch(object, &answer);
+        assert_eq!(
+            mutated["spec"]["storage"]["volumeClaimTemplate"]["spec"]["storageClassName"],
+            "prometheus-data-db"
+        );
+        common::crd::check(&mutated).unwrap();
+        // The API server may reinvoke us with the result: no second patch.
+        let again = client
+            .review(serde_json::to_vec(&review_of(&mutated, "CREATE", "again")).unwrap())
+            .await
+            .unwrap();
+        assert!(again["response"].get("patch").is_none(), "{again}");
+        assert_eq!(again["response"]["uid"], "again");
+    }
+    assert_eq!(webhook.terminate().code(), Some(0));
+    let audit = webhook.audit();
+    assert_eq!(audit.len(), 4, "one audit line per review");
+    let first = &audit[0];
+    for field in [
+        "ts",
+        "uid",
+        "decision",
+        "reason",
+        "group",
+        "version",
+        "kind",
+        "namespace",
+        "name",
+        "operation",
+        "user",
+        "groups",
+        "dryRun",
+        "storageClass",
+        "size",
+        "source",
+        "patch",
+        "durationMicros",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "audit field {field} missing: {first}"
+        );
+    }
+    assert_eq!(first["decision"], "mutated");
+    assert_eq!(first["user"], review["request"]["userInfo"]["username"]);
+    assert_eq!(first["source"], "default");
+    assert_eq!(first["patch"].as_array().unwrap().len(), 3);
+    assert_eq!(audit[1]["decision"], "unchanged");
+    let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(
+        !text.contains("managedFields"),
+        "the audit log never holds objects"
+    );
+}
+
+/// A body of `bytes` size that is still one valid AdmissionReview (a big ConfigMap-like object).
+fn big_review(bytes: usize) -> Vec<u8> {
+    let object = json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "big", "namespace": "default", "annotations": {"blob": "x".repeat(bytes)}},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+    });
+    serde_json::to_vec(&review_of(&object, "CREATE", "big")).unwrap()
+}
+
+fn one_line(body: &[u8]) -> &str {
+    let text = std::str::from_utf8(body).unwrap();
+    assert!(
+        text.ends_with('\n') && text.trim_end().lines().count() == 1,
+        "one line: {text:?}"
+    );
+    text.trim_end()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_status_and_a_one_line_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut webhook = Webhook::start(dir.path(), &[]);
+    let (body, _) = prometheus_review();
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = webhook.client(proto).await;
+        let json = Some("application/json");
+        let cases: Vec<(&str, Method, &str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+            (
+                "malformed",
+                Method::POST,
+                "/mutate",
+                json,
+                fixture("reviews/x-malformed.json"),
+                StatusCode::BAD_REQUEST,
+                "malformed JSON",
+            ),
+            (
+                "not a review",
+                Method::POST,
+                "/mutate",
+                json,
+                b"{\"kind\":\"ConfigMap\"}".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "not an AdmissionReview",
+            ),
+            (
+                "no request",
+                Method::POST,
+                "/mutate",
+                json,
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+                StatusCode::BAD_REQUEST,
+                "no request",
+            ),
+            (
+                "array",
+                Method::POST,
+                "/mutate",
+                json,
+                b"[]".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "not an AdmissionReview",
+            ),
+            (
+                "empty",
+                Method::POST,
+                "/mutate",
+                json,
+                Vec::new(),
+                StatusCode::BAD_REQUEST,
+                "empty body",
+            ),
+            (
+                "text/plain",
+                Method::POST,
+                "/mutate",
+                Some("text/plain"),
+                body.clone(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "application/json",
+            ),
+            (
+                "no content type",
+                Method::POST,
+                "/mutate",
+                None,
+                body.clone(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "application/json",
+            ),
+            (
+                "unknown path",
+                Method::POST,
+                "/validate",
+                json,
+                body.clone(),
+                StatusCode::NOT_FOUND,
+                "not found",
+            ),
+            (
+                "GET",
+                Method::GET,
+                "/mutate",
+                None,
+                Vec::new(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only POST",
+            ),
+            (
+                "too large",
+                Method::POST,
+                "/mutate",
+                json,
+                big_review(9 << 20),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "--max-body",
+            ),
+        ];
+        for (name, method, path, ct, payload, status, reason) in cases {
+            let (got, answer) = c
+                .send(method, path, ct, payload)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got, status, "{name} over {proto:?}");
+            let line = one_line(&answer);
+            assert!(line.contains(reason), "{name}: {line}");
+        }
+        // charset parameter is fine; a 3 MiB review (above axum's 2 MB default) is accepted.
+        let (status, _) = c
+            .send(
+                Method::POST,
+                "/mutate",
+                Some("application/json; charset=utf-8"),
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let answer = c.review(big_review(3 << 20)).await.unwrap();
+        assert_eq!(answer["response"]["uid"], "big");
+    }
+    // An invalid annotation: allowed unchanged, with a warning saying exactly what is wrong.
+    let (_, mut review) = prometheus_review();
+    review["request"]["object"]["metadata"]["annotations"] =
+        json!({"kube-persist.io/size": "lots"});
+    let mut c = webhook.client(Proto::H1).await;
+    let answer = c
+        .review(serde_json::to_vec(&review).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none());
+    assert!(
+        answer["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("kube-persist.io/size \"lots\"")
+    );
+    // Still healthy after all that, and the errors are counted.
+    assert_eq!(webhook.admin_get("/livez").await.0, 200);
+    let (_, metrics) = webhook.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("kube_persist_admission_errors_total{reason=\"malformed_json\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kube_persist_admission_errors_total{reason=\"too_large\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("decision=\"invalid\""), "{metrics}");
+    assert_eq!(webhook.terminate().code(), Some(0));
+    assert!(!webhook.stderr().contains("panicked"));
+}
+
+#[test]
+fn an_invalid_policy_or_certificate_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_certs(dir.path());
+    std::fs::write(dir.path().join("policy.yaml"), "size: 10Xi\n").unwrap();
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = std::process::Command::new(common::binary())
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[
+        "--policy",
+        "policy.yaml",
+        "--tls-cert",
+        "tls.crt",
+        "--tls-key",
+        "tls.key",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("policy field `size`"), "{stderr}");
+    let (code, stderr) = run(&["--tls-cert", "ca.crt", "--tls-key", "tls.key"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("does not fit --tls-cert"), "{stderr}");
+    let (code, stderr) = run(&["--tls-cert", "missing.crt", "--tls-key", "tls.key"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("cannot read --tls-cert missing.crt"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["--tls-cert", "tls.crt"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_certificate_is_generated_when_none_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--log-format",
+        "json",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (mut child, _lines, rx) = common::spawn(&args, dir.path());
+    let listening = common::wait_for_line(&rx, Duration::from_secs(20), |v| {
+        v["message"] == "Listening"
+    })
+    .unwrap();
+    let ca = std::fs::read_to_string(dir.path().join("certs/dev/ca.crt")).unwrap();
+    let addr = listening["webhook"].as_str().unwrap().parse().unwrap();
+    let mut client = Client::connect(addr, &ca, Proto::H2).await.unwrap();
+    let answer = client.review(prometheus_review().0).await.unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_reloads_and_a_broken_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "size: 20Gi\n").unwrap();
+    let webhook = Webhook::start(dir.path(), &["--policy", policy.to_str().unwrap()]);
+    let (body, _) = prometheus_review();
+    let mut c = webhook.client(Proto::H1).await;
+    let size = |answer: &Value| {
+        answer["response"]["auditAnnotations"]["storage"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        size(&c.review(body.clone()).await.unwrap()),
+        "prometheus-data-db/20Gi"
+    );
+
+    common::replace_file(dir.path(), "policy.yaml", "size: [not, a, size]\n");
+    assert!(wait_until(Duration::from_secs(10), || webhook
+        .stderr()
+        .contains("Policy file rejected")));
+    assert_eq!(
+        size(&c.review(body.clone()).await.unwrap()),
+        "prometheus-data-db/20Gi"
+    );
+    let (_, metrics) = webhook.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("kube_persist_reloads_total{what=\"policy\",result=\"failure\"} 1"),
+        "{metrics}"
+    );
+
+    common::replace_file(
+        dir.path(),
+        "policy.yaml",
+        "size: 50Gi\nstorageClassName: fast\n",
+    );
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if size(&c.review(body.clone()).await.unwrap()) == "fast/50Gi" {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "new policy not picked up: {}", webhook.stderr());
+}

@@ -1,6 +1,8 @@
 //! End to end: the real binary on 127.0.0.1 over real TLS (rcgen certificates, a rustls client),
 //! HTTP/1.1 and HTTP/2, real AdmissionReview JSON.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -119,7 +121,16 @@ async fn bad_input_gets_a_status_and_a_one_line_reason() {
     for proto in [Proto::H1, Proto::H2] {
         let mut c = webhook.client(proto).await;
         let json = Some("application/json");
-        let cases: Vec<(&str, Method, &str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Method,
+            &'a str,
+            Option<&'a str>,
+            Vec<u8>,
+            StatusCode,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "malformed",
                 Method::POST,

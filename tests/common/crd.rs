@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Validation of custom resources against the Prometheus-Operator CRDs in `tests/fixtures/crds`:
 //! the `openAPIV3Schema` of the object's version, plus a check that every field is declared (the
 //! API server silently prunes undeclared ones, so a patch adding one would be lost).

@@ -1,7 +1,7 @@
 //! Shared helpers of the integration tests: the real `kube-persist` binary started on
 //! 127.0.0.1 with an rcgen certificate, a rustls HTTP/1.1 + HTTP/2 client, review builders and
 //! CRD validation. Each test binary uses a different subset.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod crd;
 
@@ -223,10 +223,10 @@ pub fn wait_for_line(
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
         let line = rx.recv_timeout(left).ok()?;
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if pred(&v) {
-                return Some(v);
-            }
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && pred(&v)
+        {
+            return Some(v);
         }
     }
 }

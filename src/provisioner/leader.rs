@@ -22,10 +22,7 @@ use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
-use kube::{
-    Api, Client,
-    api::{PostParams},
-};
+use kube::{Api, Client, api::PostParams};
 use tokio::{sync::watch, time::Instant};
 
 /// Timing of the election (client-go's defaults).
@@ -207,7 +204,10 @@ impl LeaseElector {
         &self.identity
     }
 
-    async fn call<T>(&self, fut: impl Future<Output = Result<T, kube::Error>>) -> Result<T, LeaderError> {
+    async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, LeaderError> {
         match tokio::time::timeout(self.timing.call_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(LeaderError::Api {
@@ -224,7 +224,9 @@ impl LeaseElector {
     }
 
     fn lease_seconds(&self) -> i32 {
-        i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(i32::MAX).max(1)
+        i32::try_from(self.timing.lease_duration.as_secs())
+            .unwrap_or(i32::MAX)
+            .max(1)
     }
 
     /// One round: take or renew the Lease. `Ok(true)` when we are leader afterwards. A Lease
@@ -250,9 +252,14 @@ impl LeaseElector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.call(self.api.create(&PostParams::default(), &lease)).await {
+            return match self
+                .call(self.api.create(&PostParams::default(), &lease))
+                .await
+            {
                 Ok(written) => Ok(self.won(written, started)),
-                Err(LeaderError::Api { source, .. }) if is_conflict(&source) => Ok(self.lost_round()),
+                Err(LeaderError::Api { source, .. }) if is_conflict(&source) => {
+                    Ok(self.lost_round())
+                }
                 Err(e) => Err(e),
             };
         };
@@ -276,7 +283,11 @@ impl LeaseElector {
         next.spec = Some(LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.lease_seconds()),
-            acquire_time: if ours { spec.acquire_time.clone() } else { Some(now.clone()) },
+            acquire_time: if ours {
+                spec.acquire_time.clone()
+            } else {
+                Some(now.clone())
+            },
             renew_time: Some(now),
             lease_transitions: Some(if ours {
                 spec.lease_transitions.unwrap_or(0)
@@ -285,7 +296,10 @@ impl LeaseElector {
             }),
             ..spec
         });
-        match self.call(self.api.replace(&self.name, &PostParams::default(), &next)).await {
+        match self
+            .call(self.api.replace(&self.name, &PostParams::default(), &next))
+            .await
+        {
             Ok(written) => Ok(self.won(written, started)),
             Err(LeaderError::Api { source, .. }) if is_conflict(&source) => Ok(self.lost_round()),
             Err(e) => Err(e),
@@ -295,7 +309,8 @@ impl LeaseElector {
     fn won(&mut self, written: Lease, started: Instant) -> bool {
         self.observed = Some((written.spec.clone().unwrap_or_default(), started));
         self.last_written = Some(written);
-        self.handle.set_valid_until(Some(started + self.timing.renew_deadline));
+        self.handle
+            .set_valid_until(Some(started + self.timing.renew_deadline));
         true
     }
 
@@ -402,7 +417,8 @@ pub fn lease_namespace(
 /// Reads [`lease_namespace`]'s inputs from the environment and the service account mount.
 pub fn lease_namespace_from_env(configured: Option<&str>) -> String {
     let pod = std::env::var("POD_NAMESPACE").ok();
-    let sa = std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok();
+    let sa =
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok();
     lease_namespace(configured, pod.as_deref(), sa.as_deref())
 }
 
@@ -422,7 +438,11 @@ pub fn instance_name() -> String {
 pub fn unique_identity(instance: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.write_u32(std::process::id());
     format!("{instance}_{:016x}", h.finish())
 }

@@ -74,7 +74,9 @@ struct PvLabels {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
 }
 
 /// All provisioner metrics; cheap to clone (handles to shared atomics).
@@ -249,7 +251,11 @@ mod tests {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
         m.success(Operation::Provision, Duration::from_millis(3));
-        m.failure(Operation::Delete, "mount_timeout", Some(Duration::from_millis(3)));
+        m.failure(
+            Operation::Delete,
+            "mount_timeout",
+            Some(Duration::from_millis(3)),
+        );
         m.set_requested("pvc-1", 1024);
         m.set_used("pvc-1", 512, true);
         m.set_leader(true);

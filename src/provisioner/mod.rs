@@ -119,11 +119,23 @@ mod tests {
     #[test]
     fn config_requires_server_and_path() {
         assert!(Config::new(raw()).is_ok());
-        let err = Config::new(RawConfig { nfs_server: None, ..raw() }).unwrap_err();
+        let err = Config::new(RawConfig {
+            nfs_server: None,
+            ..raw()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("NFS_SERVER"), "{err}");
-        let err = Config::new(RawConfig { nfs_path: Some(" ".into()), ..raw() }).unwrap_err();
+        let err = Config::new(RawConfig {
+            nfs_path: Some(" ".into()),
+            ..raw()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("NFS_PATH"), "{err}");
-        let err = Config::new(RawConfig { provisioner_name: "".into(), ..raw() }).unwrap_err();
+        let err = Config::new(RawConfig {
+            provisioner_name: "".into(),
+            ..raw()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("PROVISIONER_NAME"), "{err}");
     }
 }

@@ -155,7 +155,9 @@ pub enum PathError {
     #[error("the directory path is {0} bytes long (at most 4096)")]
     TooLong(usize),
     /// A `${...}` that is not one of the supported variables.
-    #[error("pathPattern variable `${{{0}}}` is not supported (use .PVC.namespace, .PVC.name, .PVC.labels.KEY or .PVC.annotations.KEY)")]
+    #[error(
+        "pathPattern variable `${{{0}}}` is not supported (use .PVC.namespace, .PVC.name, .PVC.labels.KEY or .PVC.annotations.KEY)"
+    )]
     UnknownVariable(String),
     /// A `${` without its `}`.
     #[error("pathPattern has an unterminated `${{`")]
@@ -343,7 +345,9 @@ const CLASS_PARAM: &str = "StorageClass parameter";
 const CLAIM_ANN: &str = "claim annotation";
 
 /// Parses the parameters we know; unknown ones are ignored, as the Go provisioner does.
-pub fn parse_class_params(params: Option<&BTreeMap<String, String>>) -> Result<ClassParams, ParamError> {
+pub fn parse_class_params(
+    params: Option<&BTreeMap<String, String>>,
+) -> Result<ClassParams, ParamError> {
     let mut out = ClassParams::default();
     let Some(params) = params else {
         return Ok(out);
@@ -367,7 +371,8 @@ pub fn parse_class_params(params: Option<&BTreeMap<String, String>>) -> Result<C
     }
     out.path_pattern = params.get("pathPattern").cloned();
     if let Some(v) = params.get("mode") {
-        out.mode = Some(parse_mode(v).ok_or_else(|| err("mode", v, "an octal mode such as `0770`"))?);
+        out.mode =
+            Some(parse_mode(v).ok_or_else(|| err("mode", v, "an octal mode such as `0770`"))?);
     }
     if let Some(v) = params.get("uid") {
         out.uid = Some(parse_id(v).ok_or_else(|| err("uid", v, "a numeric user id"))?);
@@ -391,7 +396,8 @@ pub fn parse_go_bool(v: &str) -> Option<bool> {
 pub fn parse_mode(v: &str) -> Option<u32> {
     let digits = v.trim();
     let digits = digits.strip_prefix("0o").unwrap_or(digits);
-    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
         return None;
     }
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
@@ -481,7 +487,9 @@ impl fmt::Display for SkipReason {
             SkipReason::AlreadyBound => f.write_str("claim already names a volume"),
             SkipReason::NotAnnotated => f.write_str("claim has no storage-provisioner annotation"),
             SkipReason::OtherProvisioner(p) => write!(f, "claim is for provisioner {p}"),
-            SkipReason::ClassOfOtherProvisioner(p) => write!(f, "StorageClass is for provisioner {p}"),
+            SkipReason::ClassOfOtherProvisioner(p) => {
+                write!(f, "StorageClass is for provisioner {p}")
+            }
             SkipReason::WaitingForFirstConsumer => f.write_str("waiting for a pod to be scheduled"),
             SkipReason::AlreadyProvisioned(pv) => write!(f, "volume {pv} already exists"),
         }
@@ -492,13 +500,17 @@ impl fmt::Display for SkipReason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FailReason {
     /// `spec.selector` is set.
-    #[error("claim Selector is not supported: the NFS provisioner creates a new volume for every claim")]
+    #[error(
+        "claim Selector is not supported: the NFS provisioner creates a new volume for every claim"
+    )]
     Selector,
     /// `volumeMode: Block`.
     #[error("volumeMode Block is not supported: NFS volumes are filesystems")]
     BlockMode,
     /// `dataSource`/`dataSourceRef` is set.
-    #[error("claim dataSource is not supported: the NFS provisioner cannot clone or restore volumes")]
+    #[error(
+        "claim dataSource is not supported: the NFS provisioner cannot clone or restore volumes"
+    )]
     DataSource,
     /// No `metadata.uid`, so no PV name.
     #[error("claim has no metadata.uid")]
@@ -609,14 +621,22 @@ pub fn plan_provision(
     use ProvisionDecision::{Fail, Skip};
     let meta = &pvc.metadata;
     if meta.deletion_timestamp.is_some() {
-        return Skip { reason: SkipReason::Deleting };
+        return Skip {
+            reason: SkipReason::Deleting,
+        };
     }
     let spec = pvc.spec.clone().unwrap_or_default();
     if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
-        return Skip { reason: SkipReason::AlreadyBound };
+        return Skip {
+            reason: SkipReason::AlreadyBound,
+        };
     }
     match claim_provisioner(pvc) {
-        None => return Skip { reason: SkipReason::NotAnnotated },
+        None => {
+            return Skip {
+                reason: SkipReason::NotAnnotated,
+            };
+        }
         Some(p) if p != config.provisioner_name => {
             return Skip {
                 reason: SkipReason::OtherProvisioner(p.to_owned()),
@@ -625,10 +645,16 @@ pub fn plan_provision(
         Some(_) => {}
     }
     let Some(pv_name) = pv_name_for(pvc) else {
-        return Fail { reason: FailReason::NoUid };
+        return Fail {
+            reason: FailReason::NoUid,
+        };
     };
     if let Some(pv) = existing {
-        let claim_uid = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref());
+        let claim_uid = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.uid.as_deref());
         return if claim_uid.is_none() || claim_uid == meta.uid.as_deref() {
             Skip {
                 reason: SkipReason::AlreadyProvisioned(pv_name),
@@ -640,7 +666,9 @@ pub fn plan_provision(
         };
     }
     let Some(class_name) = claim_class_name(pvc) else {
-        return Fail { reason: FailReason::NoClassName };
+        return Fail {
+            reason: FailReason::NoClassName,
+        };
     };
     let Some(class) = class else {
         return Fail {
@@ -660,13 +688,19 @@ pub fn plan_provision(
         };
     }
     if spec.selector.is_some() {
-        return Fail { reason: FailReason::Selector };
+        return Fail {
+            reason: FailReason::Selector,
+        };
     }
     if spec.volume_mode.as_deref() == Some("Block") {
-        return Fail { reason: FailReason::BlockMode };
+        return Fail {
+            reason: FailReason::BlockMode,
+        };
     }
     if spec.data_source.is_some() || spec.data_source_ref.is_some() {
-        return Fail { reason: FailReason::DataSource };
+        return Fail {
+            reason: FailReason::DataSource,
+        };
     }
     let Some(storage) = spec
         .resources
@@ -719,7 +753,16 @@ pub fn plan_provision(
         }
     };
     let requested_bytes = quantity_bytes(&storage.0);
-    let pv = build_pv(pvc, &pv_name, class_name, class, config, &dir, storage, access_modes);
+    let pv = build_pv(
+        pvc,
+        &pv_name,
+        class_name,
+        class,
+        config,
+        &dir,
+        storage,
+        access_modes,
+    );
     ProvisionDecision::Provision(Box::new(PvPlan {
         dir,
         mode,
@@ -732,7 +775,10 @@ pub fn plan_provision(
 
 /// Mode and owner of the directory: class parameter, else the claim annotation the Go
 /// provisioner honoured, else 0777 and the process's own user.
-fn dir_owner(params: &ClassParams, meta: &ObjectMeta) -> Result<(u32, Option<u32>, Option<u32>), ParamError> {
+fn dir_owner(
+    params: &ClassParams,
+    meta: &ObjectMeta,
+) -> Result<(u32, Option<u32>, Option<u32>), ParamError> {
     let ann_err = |name: &'static str, value: &str, expected: &'static str| ParamError {
         source_kind: CLAIM_ANN,
         name,
@@ -741,17 +787,22 @@ fn dir_owner(params: &ClassParams, meta: &ObjectMeta) -> Result<(u32, Option<u32
     };
     let mode = match (params.mode, annotation(meta, ANN_CREATE_MODE)) {
         (Some(m), _) => m,
-        (None, Some(v)) => parse_mode(v).ok_or_else(|| ann_err(ANN_CREATE_MODE, v, "an octal mode such as `0770`"))?,
+        (None, Some(v)) => parse_mode(v)
+            .ok_or_else(|| ann_err(ANN_CREATE_MODE, v, "an octal mode such as `0770`"))?,
         (None, None) => DEFAULT_MODE,
     };
     let uid = match (params.uid, annotation(meta, ANN_CREATE_UID)) {
         (Some(u), _) => Some(u),
-        (None, Some(v)) => Some(parse_id(v).ok_or_else(|| ann_err(ANN_CREATE_UID, v, "a numeric user id"))?),
+        (None, Some(v)) => {
+            Some(parse_id(v).ok_or_else(|| ann_err(ANN_CREATE_UID, v, "a numeric user id"))?)
+        }
         (None, None) => None,
     };
     let gid = match (params.gid, annotation(meta, ANN_CREATE_GID)) {
         (Some(g), _) => Some(g),
-        (None, Some(v)) => Some(parse_id(v).ok_or_else(|| ann_err(ANN_CREATE_GID, v, "a numeric group id"))?),
+        (None, Some(v)) => {
+            Some(parse_id(v).ok_or_else(|| ann_err(ANN_CREATE_GID, v, "a numeric group id"))?)
+        }
         (None, None) => None,
     };
     Ok((mode, uid, gid))
@@ -796,7 +847,10 @@ fn build_pv(
                 read_only: None,
             }),
             persistent_volume_reclaim_policy: Some(
-                class.reclaim_policy.clone().unwrap_or_else(|| "Delete".to_owned()),
+                class
+                    .reclaim_policy
+                    .clone()
+                    .unwrap_or_else(|| "Delete".to_owned()),
             ),
             storage_class_name: Some(class_name.to_owned()),
             ..PersistentVolumeSpec::default()
@@ -845,7 +899,9 @@ pub enum DeleteFail {
     #[error("volume {0} has no spec.nfs")]
     NotNfs(String),
     /// `spec.nfs.server` is not our `NFS_SERVER`: its directory is not on our mount.
-    #[error("volume {pv} is on NFS server {server}, not {ours} (NFS_SERVER): its directory is not on this mount, delete it by hand")]
+    #[error(
+        "volume {pv} is on NFS server {server}, not {ours} (NFS_SERVER): its directory is not on this mount, delete it by hand"
+    )]
     OtherServer {
         /// The PV.
         pv: String,
@@ -855,7 +911,9 @@ pub enum DeleteFail {
         ours: String,
     },
     /// `spec.nfs.path` is not strictly below `NFS_PATH`.
-    #[error("volume {pv} has path {path}, which is not a directory below {ours} (NFS_PATH): refusing to touch it")]
+    #[error(
+        "volume {pv} has path {path}, which is not a directory below {ours} (NFS_PATH): refusing to touch it"
+    )]
     OutsideExport {
         /// The PV.
         pv: String,
@@ -933,10 +991,14 @@ pub fn plan_delete(
     use DeleteDecision::{Fail, Skip};
     let name = pv.metadata.name.clone().unwrap_or_default();
     if annotation(&pv.metadata, ANN_PROVISIONED_BY) != Some(config.provisioner_name.as_str()) {
-        return Skip { reason: DeleteSkip::NotOurs };
+        return Skip {
+            reason: DeleteSkip::NotOurs,
+        };
     }
     if pv.metadata.deletion_timestamp.is_some() {
-        return Skip { reason: DeleteSkip::Deleting };
+        return Skip {
+            reason: DeleteSkip::Deleting,
+        };
     }
     if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
         return Skip {
@@ -1004,7 +1066,11 @@ pub fn plan_delete(
 }
 
 /// Another PV, not being deleted and not released, whose NFS source is the same directory.
-fn sharing_volume(pv: &PersistentVolume, nfs: &NFSVolumeSource, others: &[&PersistentVolume]) -> Option<String> {
+fn sharing_volume(
+    pv: &PersistentVolume,
+    nfs: &NFSVolumeSource,
+    others: &[&PersistentVolume],
+) -> Option<String> {
     let path = clean_path(&nfs.path);
     others
         .iter()

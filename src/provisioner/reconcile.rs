@@ -32,8 +32,8 @@ use super::{
     leader::LeaderHandle,
     metrics::{Metrics, Operation},
     plan::{
-        self, DeleteDecision, DeleteFail, DeletePlan, DirAction, FailReason, ProvisionDecision, PvPlan,
-        RetainReason,
+        self, DeleteDecision, DeleteFail, DeletePlan, DirAction, FailReason, ProvisionDecision,
+        PvPlan, RetainReason,
     },
     volume::{Cleaned, DirPerms, Ensured, FsError, Usage, VolumeRoot, WalkLimits},
 };
@@ -205,7 +205,8 @@ fn is_qualified_name(s: &str) -> bool {
                     && l.len() <= 63
                     && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
                     && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             })
     });
     name_ok && prefix_ok
@@ -221,15 +222,17 @@ fn object_key<K: Resource>(obj: &K) -> String {
 }
 
 fn claim_id(pvc: &PersistentVolumeClaim) -> String {
-    format!(
-        "{}/{}",
-        pvc.namespace().unwrap_or_default(),
-        pvc.name_any()
-    )
+    format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any())
 }
 
 impl Context {
-    async fn publish(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: String) {
+    async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let mut note = note;
         if note.len() > 1000 {
             let mut end = 1000;
@@ -242,7 +245,12 @@ impl Context {
             type_,
             reason: reason.to_owned(),
             note: Some(note),
-            action: if reason == reasons::VOLUME_FAILED_DELETE { "Delete" } else { "Provision" }.to_owned(),
+            action: if reason == reasons::VOLUME_FAILED_DELETE {
+                "Delete"
+            } else {
+                "Provision"
+            }
+            .to_owned(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, regarding).await {
@@ -268,7 +276,10 @@ impl Context {
 }
 
 /// Reconciles one claim: provisions it when it is ours and unbound.
-pub async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_claim(
+    pvc: Arc<PersistentVolumeClaim>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if !ctx.leader.is_leader() {
         return Ok(Action::await_change());
     }
@@ -307,7 +318,11 @@ pub async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>)
     }
 }
 
-async fn provision(pvc: &PersistentVolumeClaim, plan: &PvPlan, ctx: &Context) -> Result<Action, Error> {
+async fn provision(
+    pvc: &PersistentVolumeClaim,
+    plan: &PvPlan,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let started = Instant::now();
     let claim = claim_id(pvc);
     let reference = pvc.object_ref(&());
@@ -324,29 +339,32 @@ async fn provision(pvc: &PersistentVolumeClaim, plan: &PvPlan, ctx: &Context) ->
     let fail = |error: Error, ensured: Option<Ensured>| {
         let (reference, claim, class, pv_name) = (&reference, &claim, &class, &pv_name);
         async move {
-        tracing::warn!(%claim, pv = %pv_name, error = %error, "Provisioning failed");
-        if ensured == Some(Ensured::Created) {
-            // We made this directory in this attempt and there is no PV for it: take it back.
-            if let Err(e) = ctx.fs.remove_empty(&plan.dir).await {
-                ctx.publish(
+            tracing::warn!(%claim, pv = %pv_name, error = %error, "Provisioning failed");
+            if ensured == Some(Ensured::Created) {
+                // We made this directory in this attempt and there is no PV for it: take it back.
+                if let Err(e) = ctx.fs.remove_empty(&plan.dir).await {
+                    ctx.publish(
                     reference,
                     EventType::Warning,
                     reasons::PROVISIONING_CLEANUP_FAILED,
                     format!("Error cleaning provisioned directory {} for claim {claim}: {e}. Please delete it manually.", plan.dir),
                 )
                 .await;
+                }
             }
-        }
-        ctx.publish(
-            reference,
-            EventType::Warning,
-            reasons::PROVISIONING_FAILED,
-            format!("failed to provision volume with StorageClass \"{class}\": {error}"),
-        )
-        .await;
-        ctx.metrics
-            .failure(Operation::Provision, error.metric_reason(), Some(started.elapsed()));
-        Err(error)
+            ctx.publish(
+                reference,
+                EventType::Warning,
+                reasons::PROVISIONING_FAILED,
+                format!("failed to provision volume with StorageClass \"{class}\": {error}"),
+            )
+            .await;
+            ctx.metrics.failure(
+                Operation::Provision,
+                error.metric_reason(),
+                Some(started.elapsed()),
+            );
+            Err(error)
         }
     };
 
@@ -399,8 +417,7 @@ async fn provision(pvc: &PersistentVolumeClaim, plan: &PvPlan, ctx: &Context) ->
     if let Some(bytes) = plan.requested_bytes {
         ctx.metrics.set_requested(&plan.pv.name_any(), bytes);
     }
-    ctx.metrics
-        .success(Operation::Provision, started.elapsed());
+    ctx.metrics.success(Operation::Provision, started.elapsed());
     tracing::info!(claim = %claim_id(pvc), pv = %plan.pv.name_any(), dir = %plan.dir, "Provisioned");
     Ok(Action::await_change())
 }
@@ -411,7 +428,10 @@ pub fn archive_stamp(now: jiff::Timestamp) -> String {
 }
 
 /// Reconciles one volume: cleans up a released volume of ours.
-pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_volume(
+    pv: Arc<PersistentVolume>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if !ctx.leader.is_leader() {
         return Ok(Action::await_change());
     }
@@ -441,7 +461,8 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
             )
             .await;
             let error = Error::Delete(reason);
-            ctx.metrics.failure(Operation::Delete, error.metric_reason(), None);
+            ctx.metrics
+                .failure(Operation::Delete, error.metric_reason(), None);
             Err(error)
         }
         DeleteDecision::Delete(plan) => {
@@ -461,10 +482,18 @@ async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Resu
         let reference = &reference;
         async move {
             tracing::warn!(pv = %plan.pv_name, error = %error, "Cleanup failed");
-            ctx.publish(reference, EventType::Warning, reasons::VOLUME_FAILED_DELETE, error.to_string())
-                .await;
-            ctx.metrics
-                .failure(Operation::Delete, error.metric_reason(), Some(started.elapsed()));
+            ctx.publish(
+                reference,
+                EventType::Warning,
+                reasons::VOLUME_FAILED_DELETE,
+                error.to_string(),
+            )
+            .await;
+            ctx.metrics.failure(
+                Operation::Delete,
+                error.metric_reason(),
+                Some(started.elapsed()),
+            );
             Err(error)
         }
     };
@@ -545,7 +574,11 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) 
 /// Measures every provisioned, non-released volume once and updates the per-volume gauges;
 /// `known` carries the set of measured volumes between rounds so series of vanished volumes
 /// are dropped. Returns the usages measured.
-pub async fn measure_volumes(ctx: &Context, limits: WalkLimits, known: &mut HashSet<String>) -> Vec<(String, Usage)> {
+pub async fn measure_volumes(
+    ctx: &Context,
+    limits: WalkLimits,
+    known: &mut HashSet<String>,
+) -> Vec<(String, Usage)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for pv in ctx.volumes.state() {
@@ -612,13 +645,22 @@ mod tests {
 
     #[test]
     fn reporting_controller_is_a_qualified_name() {
-        assert_eq!(reporter("fuseim.pri/ifs", "pod").controller, "fuseim.pri/ifs");
+        assert_eq!(
+            reporter("fuseim.pri/ifs", "pod").controller,
+            "fuseim.pri/ifs"
+        );
         assert_eq!(
             reporter("k8s-sigs.io/nfs-subdir-external-provisioner", "pod").controller,
             "k8s-sigs.io/nfs-subdir-external-provisioner"
         );
-        assert_eq!(reporter("Bad Name!", "pod").controller, "kube-persist.io/provisioner");
-        assert_eq!(reporter("a/b/c", "pod").controller, "kube-persist.io/provisioner");
+        assert_eq!(
+            reporter("Bad Name!", "pod").controller,
+            "kube-persist.io/provisioner"
+        );
+        assert_eq!(
+            reporter("a/b/c", "pod").controller,
+            "kube-persist.io/provisioner"
+        );
     }
 
     #[test]

@@ -116,7 +116,12 @@ impl Provisioner {
     }
 
     /// [`Provisioner::new`] with explicit timings.
-    pub fn with_tuning(config: Config, client: Client, registry: &mut Registry, tuning: Tuning) -> Self {
+    pub fn with_tuning(
+        config: Config,
+        client: Client,
+        registry: &mut Registry,
+        tuning: Tuning,
+    ) -> Self {
         let instance = leader::instance_name();
         let identity = leader::unique_identity(&instance);
         let probe_name = format!(".kube-persist-probe-{identity}");
@@ -153,15 +158,21 @@ impl Provisioner {
             identity,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let probe = tokio::spawn(probe_loop(fs.clone(), tuning.probe_interval, stop_rx.clone()));
+        let probe = tokio::spawn(probe_loop(
+            fs.clone(),
+            tuning.probe_interval,
+            stop_rx.clone(),
+        ));
 
         let (leader, elector) = if config.enable_leader_election {
             let namespace = leader::lease_namespace_from_env(config.lease_namespace.as_deref());
             let name = leader::lease_name(&config.provisioner_name);
             tracing::info!(lease = %name, %namespace, %identity, "Leader election enabled");
-            let (elector, handle) = LeaseElector::new(client.clone(), &namespace, &name, &identity, tuning.leader);
+            let (elector, handle) =
+                LeaseElector::new(client.clone(), &namespace, &name, &identity, tuning.leader);
             let m = metrics.clone();
-            let task = tokio::spawn(elector.run(stopped(stop_rx.clone()), move |l| m.set_leader(l)));
+            let task =
+                tokio::spawn(elector.run(stopped(stop_rx.clone()), move |l| m.set_leader(l)));
             (handle, Some(task))
         } else {
             metrics.set_leader(true);
@@ -216,7 +227,9 @@ async fn probe_loop(fs: VolumeRoot, interval: Duration, mut stop: watch::Receive
         if was_ok != Some(ok) {
             match &result {
                 Ok(()) => tracing::info!(root = %fs.root().display(), "NFS mount is healthy"),
-                Err(e) => tracing::error!(root = %fs.root().display(), error = %e, "NFS mount is not usable"),
+                Err(e) => {
+                    tracing::error!(root = %fs.root().display(), error = %e, "NFS mount is not usable")
+                }
             }
             was_ok = Some(ok);
         }
@@ -250,7 +263,11 @@ async fn run_controllers(parts: Parts, tuning: Tuning) {
     let (class_reader, class_writer) = reflector::store::<StorageClass>();
     let classes = reflector(
         class_writer,
-        watcher(Api::<StorageClass>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(
+            Api::<StorageClass>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     )
     .for_each(|event| async move {
         if let Err(e) = event {
@@ -258,15 +275,21 @@ async fn run_controllers(parts: Parts, tuning: Tuning) {
         }
     });
     let controller_config = controller::Config::default().concurrency(tuning.concurrency);
-    let volumes = Controller::new(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default())
-        .with_config(controller_config.clone());
+    let volumes = Controller::new(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller_config.clone());
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
     )
     .with_config(controller_config);
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reconcile::reporter(&config.provisioner_name, &instance)),
+        recorder: Recorder::new(
+            client.clone(),
+            reconcile::reporter(&config.provisioner_name, &instance),
+        ),
         client,
         config,
         classes: class_reader,
@@ -278,10 +301,18 @@ async fn run_controllers(parts: Parts, tuning: Tuning) {
         sync_timeout: tuning.sync_timeout,
     });
     let run_volumes = volumes
-        .run(reconcile::reconcile_volume, reconcile::error_policy, Arc::clone(&ctx))
+        .run(
+            reconcile::reconcile_volume,
+            reconcile::error_policy,
+            Arc::clone(&ctx),
+        )
         .for_each(|r| async move { log_outcome("PersistentVolume", r) });
     let run_claims = claims
-        .run(reconcile::reconcile_claim, reconcile::error_policy, Arc::clone(&ctx))
+        .run(
+            reconcile::reconcile_claim,
+            reconcile::error_policy,
+            Arc::clone(&ctx),
+        )
         .for_each(|r| async move { log_outcome("PersistentVolumeClaim", r) });
     let walker = usage_loop(Arc::clone(&ctx), tuning);
     tokio::join!(classes, run_volumes, run_claims, walker);
@@ -315,11 +346,14 @@ async fn usage_loop(ctx: Arc<Context>, tuning: Tuning) {
 /// `kube-persist provisioner`: builds the client (`KUBECONFIG` or in-cluster), serves the admin
 /// port (`config.admin_listen`: `/livez`, `/readyz`, `/metrics`, plain HTTP) and runs the
 /// provisioner until `shutdown` resolves.
-pub async fn run_standalone(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run_standalone(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let admin_listen = config.admin_listen;
-    let client = Client::try_default()
-        .await
-        .context("cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)")?;
+    let client = Client::try_default().await.context(
+        "cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)",
+    )?;
     let mut registry = Registry::default();
     let provisioner = Provisioner::new(config, client, &mut registry);
     let readiness = provisioner.readiness();
@@ -353,7 +387,10 @@ pub fn admin_router(readiness: Readiness, registry: Arc<Registry>) -> axum::Rout
                 async move {
                     match readiness.reason() {
                         None => (StatusCode::OK, "ok\n".to_owned()),
-                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                        Some(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
                     }
                 }
             }),
@@ -366,7 +403,10 @@ pub fn admin_router(readiness: Readiness, registry: Arc<Registry>) -> axum::Rout
                     let mut body = String::new();
                     match prometheus_client::encoding::text::encode(&mut body, &registry) {
                         Ok(()) => (
-                            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
                             body,
                         )
                             .into_response(),

@@ -331,7 +331,8 @@ impl VolumeRoot {
         let result = self
             .run("probe", path, move |root| {
                 let file = root.join(&name);
-                fs::write(&file, b"kube-persist readiness probe\n").map_err(io_err("write", &file))?;
+                fs::write(&file, b"kube-persist readiness probe\n")
+                    .map_err(io_err("write", &file))?;
                 fs::remove_file(&file).map_err(io_err("remove", &file))
             })
             .await;
@@ -348,7 +349,10 @@ impl VolumeRoot {
     pub async fn ensure_dir(&self, dir: &RelDir, perms: DirPerms) -> Result<Ensured, FsError> {
         let dir = dir.clone();
         let shown = self.root.join(dir.to_string()).display().to_string();
-        self.run("mkdir", shown, move |root| ensure_dir_sync(root, &dir, perms)).await
+        self.run("mkdir", shown, move |root| {
+            ensure_dir_sync(root, &dir, perms)
+        })
+        .await
     }
 
     /// Removes `dir` only if it is empty (rolling back a directory we just created).
@@ -389,7 +393,10 @@ impl VolumeRoot {
         let dir = dir.clone();
         let names = names.to_vec();
         let shown = self.root.join(dir.to_string()).display().to_string();
-        self.run("archive", shown, move |root| archive_sync(root, &dir, &names)).await
+        self.run("archive", shown, move |root| {
+            archive_sync(root, &dir, &names)
+        })
+        .await
     }
 
     /// Bytes used under `dir`, by a bounded walk that never follows symlinks nor leaves the
@@ -486,7 +493,8 @@ pub fn ensure_dir_sync(root: &Path, dir: &RelDir, perms: DirPerms) -> Result<Ens
         }
     }
     check_under(&root, &path)?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(perms.mode)).map_err(io_err("chmod", &path))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(perms.mode))
+        .map_err(io_err("chmod", &path))?;
     if perms.uid.is_some() || perms.gid.is_some() {
         std::os::unix::fs::lchown(&path, perms.uid, perms.gid).map_err(io_err("chown", &path))?;
     }
@@ -588,10 +596,16 @@ mod tests {
     fn ensure_dir_creates_nested_with_mode_and_tolerates_existing() {
         let tmp = tempfile::tempdir().unwrap();
         let d = rel("ns/claim");
-        assert_eq!(ensure_dir_sync(tmp.path(), &d, perms(0o750)).unwrap(), Ensured::Created);
+        assert_eq!(
+            ensure_dir_sync(tmp.path(), &d, perms(0o750)).unwrap(),
+            Ensured::Created
+        );
         let meta = fs::metadata(tmp.path().join("ns/claim")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
-        assert_eq!(ensure_dir_sync(tmp.path(), &d, perms(0o750)).unwrap(), Ensured::Existed);
+        assert_eq!(
+            ensure_dir_sync(tmp.path(), &d, perms(0o750)).unwrap(),
+            Ensured::Existed
+        );
     }
 
     #[test]
@@ -628,8 +642,14 @@ mod tests {
         assert!(tmp.path().join("archived-a-T/two").exists());
         fs::create_dir_all(tmp.path().join("a")).unwrap();
         let err = archive_sync(tmp.path(), &rel("a"), &names).unwrap_err();
-        assert!(matches!(err, FsError::NoArchiveName { tried: 2, .. }), "{err}");
-        assert_eq!(archive_sync(tmp.path(), &rel("missing"), &names).unwrap(), Cleaned::Missing);
+        assert!(
+            matches!(err, FsError::NoArchiveName { tried: 2, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            archive_sync(tmp.path(), &rel("missing"), &names).unwrap(),
+            Cleaned::Missing
+        );
     }
 
     #[test]
@@ -659,7 +679,11 @@ mod tests {
     #[tokio::test]
     async fn hung_calls_time_out_and_mark_the_mount_unhealthy() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = VolumeRoot::new(tmp.path().to_path_buf(), Duration::from_millis(50), ".probe");
+        let root = VolumeRoot::new(
+            tmp.path().to_path_buf(),
+            Duration::from_millis(50),
+            ".probe",
+        );
         root.probe().await.unwrap();
         assert!(root.health().is_healthy());
         let err = root

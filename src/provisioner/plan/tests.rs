@@ -28,7 +28,10 @@ fn config() -> Config {
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 fn pvc() -> PersistentVolumeClaim {
@@ -45,7 +48,10 @@ fn pvc() -> PersistentVolumeClaim {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: Some("prometheus-data-db".into()),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".into(), Quantity("100Gi".into()))])),
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity("100Gi".into()),
+                )])),
                 ..VolumeResourceRequirements::default()
             }),
             ..PersistentVolumeClaimSpec::default()
@@ -88,7 +94,10 @@ fn with_ann(mut p: PersistentVolumeClaim, k: &str, v: &str) -> PersistentVolumeC
     p
 }
 
-fn with_spec(mut p: PersistentVolumeClaim, f: impl FnOnce(&mut PersistentVolumeClaimSpec)) -> PersistentVolumeClaim {
+fn with_spec(
+    mut p: PersistentVolumeClaim,
+    f: impl FnOnce(&mut PersistentVolumeClaimSpec),
+) -> PersistentVolumeClaim {
     f(p.spec.get_or_insert_with(Default::default));
     p
 }
@@ -137,7 +146,10 @@ fn class_reclaim_policy_and_mount_options_are_copied() {
     c.reclaim_policy = Some("Retain".into());
     c.mount_options = Some(vec!["nfsvers=4.1".into(), "hard".into()]);
     let spec = provision(&pvc(), &c).pv.spec.unwrap();
-    assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
+    assert_eq!(
+        spec.persistent_volume_reclaim_policy.as_deref(),
+        Some("Retain")
+    );
     assert_eq!(spec.mount_options.unwrap(), vec!["nfsvers=4.1", "hard"]);
 }
 
@@ -152,8 +164,16 @@ fn skip_table() {
     let bound = with_spec(pvc(), |s| s.volume_name = Some("pv-1".into()));
     let mut unannotated = pvc();
     unannotated.metadata.annotations = None;
-    let other = with_ann(unannotated.clone(), ANN_STORAGE_PROVISIONER, "nfs.csi.k8s.io");
-    let beta_other = with_ann(unannotated.clone(), ANN_STORAGE_PROVISIONER_BETA, "example.com/other");
+    let other = with_ann(
+        unannotated.clone(),
+        ANN_STORAGE_PROVISIONER,
+        "nfs.csi.k8s.io",
+    );
+    let beta_other = with_ann(
+        unannotated.clone(),
+        ANN_STORAGE_PROVISIONER_BETA,
+        "example.com/other",
+    );
     let mut other_class = class(&[]);
     other_class.provisioner = "example.com/other".into();
     let mut wffc = class(&[]);
@@ -169,12 +189,43 @@ fn skip_table() {
         ..PersistentVolume::default()
     };
     let plain = class(&[]);
-    let cases: Vec<(&str, PersistentVolumeClaim, Option<&StorageClass>, Option<&PersistentVolume>, SkipReason)> = vec![
-        ("deleting", deleting, Some(&plain), None, SkipReason::Deleting),
+    type Case<'a> = (
+        &'a str,
+        PersistentVolumeClaim,
+        Option<&'a StorageClass>,
+        Option<&'a PersistentVolume>,
+        SkipReason,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "deleting",
+            deleting,
+            Some(&plain),
+            None,
+            SkipReason::Deleting,
+        ),
         ("bound", bound, Some(&plain), None, SkipReason::AlreadyBound),
-        ("unannotated", unannotated, Some(&plain), None, SkipReason::NotAnnotated),
-        ("other GA", other, Some(&plain), None, SkipReason::OtherProvisioner("nfs.csi.k8s.io".into())),
-        ("other beta", beta_other, Some(&plain), None, SkipReason::OtherProvisioner("example.com/other".into())),
+        (
+            "unannotated",
+            unannotated,
+            Some(&plain),
+            None,
+            SkipReason::NotAnnotated,
+        ),
+        (
+            "other GA",
+            other,
+            Some(&plain),
+            None,
+            SkipReason::OtherProvisioner("nfs.csi.k8s.io".into()),
+        ),
+        (
+            "other beta",
+            beta_other,
+            Some(&plain),
+            None,
+            SkipReason::OtherProvisioner("example.com/other".into()),
+        ),
         (
             "class of other",
             pvc(),
@@ -182,7 +233,13 @@ fn skip_table() {
             None,
             SkipReason::ClassOfOtherProvisioner("example.com/other".into()),
         ),
-        ("wffc without node", pvc(), Some(&wffc), None, SkipReason::WaitingForFirstConsumer),
+        (
+            "wffc without node",
+            pvc(),
+            Some(&wffc),
+            None,
+            SkipReason::WaitingForFirstConsumer,
+        ),
         (
             "already provisioned",
             pvc(),
@@ -207,7 +264,11 @@ fn skip_table() {
 
 #[test]
 fn class_name_from_the_beta_annotation() {
-    let claim = with_ann(with_spec(pvc(), |s| s.storage_class_name = None), ANN_STORAGE_CLASS_BETA, "prometheus-data-db");
+    let claim = with_ann(
+        with_spec(pvc(), |s| s.storage_class_name = None),
+        ANN_STORAGE_CLASS_BETA,
+        "prometheus-data-db",
+    );
     assert_eq!(claim_class_name(&claim), Some("prometheus-data-db"));
     provision(&claim, &class(&[]));
 }
@@ -215,7 +276,12 @@ fn class_name_from_the_beta_annotation() {
 #[test]
 fn fail_table() {
     let plain = class(&[]);
-    let cases: Vec<(&str, PersistentVolumeClaim, Option<&StorageClass>, FailReason)> = vec![
+    let cases: Vec<(
+        &str,
+        PersistentVolumeClaim,
+        Option<&StorageClass>,
+        FailReason,
+    )> = vec![
         (
             "selector",
             with_spec(pvc(), |s| s.selector = Some(LabelSelector::default())),
@@ -240,7 +306,12 @@ fn fail_table() {
             Some(&plain),
             FailReason::DataSource,
         ),
-        ("no class found", pvc(), None, FailReason::ClassNotFound("prometheus-data-db".into())),
+        (
+            "no class found",
+            pvc(),
+            None,
+            FailReason::ClassNotFound("prometheus-data-db".into()),
+        ),
         (
             "no class name",
             with_spec(pvc(), |s| s.storage_class_name = None),
@@ -273,13 +344,20 @@ fn fail_table() {
     for (name, claim, class, want) in cases {
         assert_eq!(fail_reason(&claim, class), want, "{name}");
     }
-    assert!(FailReason::Selector.to_string().contains("Selector is not supported"));
+    assert!(
+        FailReason::Selector
+            .to_string()
+            .contains("Selector is not supported")
+    );
     assert!(FailReason::BlockMode.to_string().contains("Block"));
 }
 
 #[test]
 fn volume_mode_filesystem_is_fine() {
-    provision(&with_spec(pvc(), |s| s.volume_mode = Some("Filesystem".into())), &class(&[]));
+    provision(
+        &with_spec(pvc(), |s| s.volume_mode = Some("Filesystem".into())),
+        &class(&[]),
+    );
 }
 
 #[test]
@@ -290,27 +368,99 @@ fn parameter_table() {
         want: Result<(u32, Option<u32>, Option<u32>), &'static str>,
     }
     let cases = [
-        Case { params: &[], anns: &[], want: Ok((0o777, None, None)) },
-        Case { params: &[("mode", "0750")], anns: &[], want: Ok((0o750, None, None)) },
-        Case { params: &[("mode", "750")], anns: &[], want: Ok((0o750, None, None)) },
-        Case { params: &[("mode", "0o2775")], anns: &[], want: Ok((0o2775, None, None)) },
-        Case { params: &[("uid", "1000"), ("gid", "2000")], anns: &[], want: Ok((0o777, Some(1000), Some(2000))) },
-        Case { params: &[], anns: &[(ANN_CREATE_MODE, "0700"), (ANN_CREATE_UID, "65534")], want: Ok((0o700, Some(65534), None)) },
+        Case {
+            params: &[],
+            anns: &[],
+            want: Ok((0o777, None, None)),
+        },
+        Case {
+            params: &[("mode", "0750")],
+            anns: &[],
+            want: Ok((0o750, None, None)),
+        },
+        Case {
+            params: &[("mode", "750")],
+            anns: &[],
+            want: Ok((0o750, None, None)),
+        },
+        Case {
+            params: &[("mode", "0o2775")],
+            anns: &[],
+            want: Ok((0o2775, None, None)),
+        },
+        Case {
+            params: &[("uid", "1000"), ("gid", "2000")],
+            anns: &[],
+            want: Ok((0o777, Some(1000), Some(2000))),
+        },
+        Case {
+            params: &[],
+            anns: &[(ANN_CREATE_MODE, "0700"), (ANN_CREATE_UID, "65534")],
+            want: Ok((0o700, Some(65534), None)),
+        },
         // The class wins over the claim.
-        Case { params: &[("mode", "0750"), ("gid", "5")], anns: &[(ANN_CREATE_MODE, "0777"), (ANN_CREATE_GID, "6")], want: Ok((0o750, None, Some(5))) },
-        Case { params: &[("mode", "0999")], anns: &[], want: Err("mode") },
-        Case { params: &[("mode", "77777")], anns: &[], want: Err("mode") },
-        Case { params: &[("mode", "")], anns: &[], want: Err("mode") },
-        Case { params: &[("uid", "-1")], anns: &[], want: Err("uid") },
-        Case { params: &[("gid", "root")], anns: &[], want: Err("gid") },
-        Case { params: &[("uid", "4294967296")], anns: &[], want: Err("uid") },
-        Case { params: &[], anns: &[(ANN_CREATE_UID, "x")], want: Err(ANN_CREATE_UID) },
-        Case { params: &[("onDelete", "shred")], anns: &[], want: Err("onDelete") },
-        Case { params: &[("archiveOnDelete", "yes")], anns: &[], want: Err("archiveOnDelete") },
+        Case {
+            params: &[("mode", "0750"), ("gid", "5")],
+            anns: &[(ANN_CREATE_MODE, "0777"), (ANN_CREATE_GID, "6")],
+            want: Ok((0o750, None, Some(5))),
+        },
+        Case {
+            params: &[("mode", "0999")],
+            anns: &[],
+            want: Err("mode"),
+        },
+        Case {
+            params: &[("mode", "77777")],
+            anns: &[],
+            want: Err("mode"),
+        },
+        Case {
+            params: &[("mode", "")],
+            anns: &[],
+            want: Err("mode"),
+        },
+        Case {
+            params: &[("uid", "-1")],
+            anns: &[],
+            want: Err("uid"),
+        },
+        Case {
+            params: &[("gid", "root")],
+            anns: &[],
+            want: Err("gid"),
+        },
+        Case {
+            params: &[("uid", "4294967296")],
+            anns: &[],
+            want: Err("uid"),
+        },
+        Case {
+            params: &[],
+            anns: &[(ANN_CREATE_UID, "x")],
+            want: Err(ANN_CREATE_UID),
+        },
+        Case {
+            params: &[("onDelete", "shred")],
+            anns: &[],
+            want: Err("onDelete"),
+        },
+        Case {
+            params: &[("archiveOnDelete", "yes")],
+            anns: &[],
+            want: Err("archiveOnDelete"),
+        },
         // Accepted spellings.
-        Case { params: &[("onDelete", "Retain"), ("archiveOnDelete", "False")], anns: &[], want: Ok((0o777, None, None)) },
+        Case {
+            params: &[("onDelete", "Retain"), ("archiveOnDelete", "False")],
+            anns: &[],
+            want: Ok((0o777, None, None)),
+        },
         // Unknown parameters are ignored, as before.
-        Case { params: &[("server", "other"), ("share", "/x")], anns: &[], want: Ok((0o777, None, None)) },
+        Case {
+            params: &[("server", "other"), ("share", "/x")],
+            anns: &[],
+            want: Ok((0o777, None, None)),
+        },
     ];
     for (i, c) in cases.iter().enumerate() {
         let mut claim = pvc();
@@ -319,8 +469,15 @@ fn parameter_table() {
         }
         let got = plan_provision(&claim, Some(&class(c.params)), &config(), None);
         match (&c.want, got) {
-            (Ok(want), ProvisionDecision::Provision(p)) => assert_eq!((p.mode, p.uid, p.gid), *want, "case {i}"),
-            (Err(name), ProvisionDecision::Fail { reason: FailReason::Param(e) }) => {
+            (Ok(want), ProvisionDecision::Provision(p)) => {
+                assert_eq!((p.mode, p.uid, p.gid), *want, "case {i}")
+            }
+            (
+                Err(name),
+                ProvisionDecision::Fail {
+                    reason: FailReason::Param(e),
+                },
+            ) => {
                 assert_eq!(e.name, *name, "case {i}");
                 assert!(e.to_string().contains(name), "case {i}: {e}");
             }
@@ -336,12 +493,21 @@ fn path_pattern_table() {
     let claim = with_ann(claim, "slash", "a/b");
     let claim = with_ann(claim, "empty", "");
     let cases: &[(&str, Result<&str, &str>)] = &[
-        ("${.PVC.namespace}/${.PVC.name}", Ok("monitoring/prometheus-k8s-db-prometheus-k8s-0")),
-        ("${.PVC.namespace}/${.PVC.annotations.nfs.io/storage-path}", Ok("monitoring/tsdb")),
+        (
+            "${.PVC.namespace}/${.PVC.name}",
+            Ok("monitoring/prometheus-k8s-db-prometheus-k8s-0"),
+        ),
+        (
+            "${.PVC.namespace}/${.PVC.annotations.nfs.io/storage-path}",
+            Ok("monitoring/tsdb"),
+        ),
         ("data-${.PVC.labels.app}", Ok("data-prometheus")),
         ("static", Ok("static")),
         ("a//b/", Ok("a/b")),
-        ("${.PVC.namespace}/${.PVC.annotations.evil}", Err("contains `/` or `..`")),
+        (
+            "${.PVC.namespace}/${.PVC.annotations.evil}",
+            Err("contains `/` or `..`"),
+        ),
         ("${.PVC.annotations.slash}", Err("contains `/` or `..`")),
         ("${.PVC.annotations.empty}", Err("empty or not set")),
         ("${.PVC.annotations.missing}", Err("empty or not set")),
@@ -356,7 +522,12 @@ fn path_pattern_table() {
         ("${.PVC.name", Err("unterminated")),
     ];
     for (pattern, want) in cases {
-        let got = plan_provision(&claim, Some(&class(&[("pathPattern", pattern)])), &config(), None);
+        let got = plan_provision(
+            &claim,
+            Some(&class(&[("pathPattern", pattern)])),
+            &config(),
+            None,
+        );
         match (want, got) {
             (Ok(dir), ProvisionDecision::Provision(p)) => {
                 assert_eq!(p.dir.to_string(), *dir, "{pattern}");
@@ -366,9 +537,17 @@ fn path_pattern_table() {
                     "{pattern}"
                 );
             }
-            (Err(msg), ProvisionDecision::Fail { reason: reason @ FailReason::Path { .. } }) => {
+            (
+                Err(msg),
+                ProvisionDecision::Fail {
+                    reason: reason @ FailReason::Path { .. },
+                },
+            ) => {
                 assert!(reason.to_string().contains(msg), "{pattern}: {reason}");
-                assert!(reason.to_string().contains("prometheus-data-db"), "{pattern}: {reason}");
+                assert!(
+                    reason.to_string().contains("prometheus-data-db"),
+                    "{pattern}: {reason}"
+                );
             }
             (want, got) => panic!("{pattern}: want {want:?}, got {got:?}"),
         }
@@ -380,7 +559,16 @@ fn long_default_names_are_refused_not_truncated() {
     let mut claim = pvc();
     claim.metadata.name = Some("x".repeat(253));
     let reason = fail_reason(&claim, Some(&class(&[])));
-    assert!(matches!(reason, FailReason::Path { error: PathError::ComponentTooLong(_), .. }), "{reason:?}");
+    assert!(
+        matches!(
+            reason,
+            FailReason::Path {
+                error: PathError::ComponentTooLong(_),
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
 }
 
 #[test]
@@ -438,7 +626,11 @@ fn released(path: &str) -> PersistentVolume {
     }
 }
 
-fn delete_action(pv: &PersistentVolume, class: Option<&StorageClass>, others: &[&PersistentVolume]) -> DirAction {
+fn delete_action(
+    pv: &PersistentVolume,
+    class: Option<&StorageClass>,
+    others: &[&PersistentVolume],
+) -> DirAction {
     match plan_delete(pv, class, &config(), others, "20250102T030405Z") {
         DeleteDecision::Delete(p) => {
             assert_eq!(p.pv_name, "pvc-1");
@@ -463,20 +655,32 @@ fn delete_parameter_table() {
         (&[("archiveOnDelete", "false")], &DirAction::Remove),
         (&[("archiveOnDelete", "0")], &DirAction::Remove),
         (&[("onDelete", "delete")], &DirAction::Remove),
-        (&[("onDelete", "delete"), ("archiveOnDelete", "true")], &DirAction::Remove),
+        (
+            &[("onDelete", "delete"), ("archiveOnDelete", "true")],
+            &DirAction::Remove,
+        ),
         (&[("onDelete", "retain")], &retain),
-        (&[("onDelete", "retain"), ("archiveOnDelete", "false")], &retain),
+        (
+            &[("onDelete", "retain"), ("archiveOnDelete", "false")],
+            &retain,
+        ),
     ];
     let pv = released("/export/k8s/ns-claim-pvc-1");
     for (params, want) in cases {
-        assert_eq!(&delete_action(&pv, Some(&class(params)), &[]), *want, "{params:?}");
+        assert_eq!(
+            &delete_action(&pv, Some(&class(params)), &[]),
+            *want,
+            "{params:?}"
+        );
     }
     // Class gone: the defaults (archive) apply.
     assert_eq!(delete_action(&pv, None, &[]), archive);
     // Broken parameter: keep the data.
     assert!(matches!(
         delete_action(&pv, Some(&class(&[("archiveOnDelete", "maybe")])), &[]),
-        DirAction::Retain { reason: RetainReason::InvalidParameter(_) }
+        DirAction::Retain {
+            reason: RetainReason::InvalidParameter(_)
+        }
     ));
 }
 
@@ -486,12 +690,17 @@ fn nested_directories_archive_in_place() {
     match plan_delete(&pv, Some(&class(&[])), &config(), &[], "T") {
         DeleteDecision::Delete(p) => {
             assert_eq!(p.dir.to_string(), "monitoring/tsdb");
-            let DirAction::Archive { names } = p.action else { panic!("not archive") };
+            let DirAction::Archive { names } = p.action else {
+                panic!("not archive")
+            };
             assert_eq!(names[0], "archived-tsdb");
             assert_eq!(names[1], "archived-tsdb-T");
             assert_eq!(names[2], "archived-tsdb-T-1");
             assert_eq!(names.len(), ARCHIVE_ATTEMPTS + 2);
-            assert_eq!(p.dir.sibling(&names[0]).unwrap().to_string(), "monitoring/archived-tsdb");
+            assert_eq!(
+                p.dir.sibling(&names[0]).unwrap().to_string(),
+                "monitoring/archived-tsdb"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -515,7 +724,11 @@ fn delete_skip_and_fail_table() {
     let mut bound = base.clone();
     bound.status.as_mut().unwrap().phase = Some("Bound".into());
     let mut retain = base.clone();
-    retain.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Retain".into());
+    retain
+        .spec
+        .as_mut()
+        .unwrap()
+        .persistent_volume_reclaim_policy = Some("Retain".into());
     let mut deleting = base.clone();
     deleting.metadata.deletion_timestamp = Some(Time("2025-01-01T00:00:00Z".parse().unwrap()));
     for (name, pv, want) in [
@@ -524,7 +737,11 @@ fn delete_skip_and_fail_table() {
         ("retain", retain, DeleteSkip::NotReclaimDelete),
         ("deleting", deleting, DeleteSkip::Deleting),
     ] {
-        assert_eq!(plan_delete(&pv, None, &cfg, &[], "T"), DeleteDecision::Skip { reason: want }, "{name}");
+        assert_eq!(
+            plan_delete(&pv, None, &cfg, &[], "T"),
+            DeleteDecision::Skip { reason: want },
+            "{name}"
+        );
     }
     for (path, what) in [
         ("/export/k8s", "export root"),
@@ -534,21 +751,37 @@ fn delete_skip_and_fail_table() {
         ("/export/k8sother/x", "prefix but not a parent"),
     ] {
         assert!(
-            matches!(plan_delete(&released(path), None, &cfg, &[], "T"), DeleteDecision::Fail { reason: DeleteFail::OutsideExport { .. } }),
+            matches!(
+                plan_delete(&released(path), None, &cfg, &[], "T"),
+                DeleteDecision::Fail {
+                    reason: DeleteFail::OutsideExport { .. }
+                }
+            ),
             "{what}: {path}"
         );
     }
     let mut other_server = base.clone();
-    other_server.spec.as_mut().unwrap().nfs.as_mut().unwrap().server = "10.9.9.9".into();
+    other_server
+        .spec
+        .as_mut()
+        .unwrap()
+        .nfs
+        .as_mut()
+        .unwrap()
+        .server = "10.9.9.9".into();
     assert!(matches!(
         plan_delete(&other_server, None, &cfg, &[], "T"),
-        DeleteDecision::Fail { reason: DeleteFail::OtherServer { .. } }
+        DeleteDecision::Fail {
+            reason: DeleteFail::OtherServer { .. }
+        }
     ));
     let mut not_nfs = base;
     not_nfs.spec.as_mut().unwrap().nfs = None;
     assert!(matches!(
         plan_delete(&not_nfs, None, &cfg, &[], "T"),
-        DeleteDecision::Fail { reason: DeleteFail::NotNfs(_) }
+        DeleteDecision::Fail {
+            reason: DeleteFail::NotNfs(_)
+        }
     ));
 }
 
@@ -576,10 +809,16 @@ fn shared_directories_are_retained() {
 fn old_go_provisioner_volumes_are_recognised() {
     // Written by nfs-client-provisioner with NFS_PATH=/export/k8s/ (trailing slash, cleaned by Go).
     let pv = released("/export/k8s/monitoring-db-pvc-1");
-    assert_eq!(volume_dir(&pv, &config()).unwrap().to_string(), "monitoring-db-pvc-1");
+    assert_eq!(
+        volume_dir(&pv, &config()).unwrap().to_string(),
+        "monitoring-db-pvc-1"
+    );
     let mut cfg = config();
     cfg.nfs_path = "/export/k8s/".into();
-    assert!(matches!(plan_delete(&pv, None, &cfg, &[], "T"), DeleteDecision::Delete(_)));
+    assert!(matches!(
+        plan_delete(&pv, None, &cfg, &[], "T"),
+        DeleteDecision::Delete(_)
+    ));
 }
 
 // ----- properties -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ mod runtime;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-pub use runtime::{Provisioner, Readiness, Tuning, run_standalone};
+pub use runtime::{Provisioner, Readiness, Tuning, admin_router, run_standalone};
 
 /// Provisioner flags as given, before validation.
 #[derive(Debug, Clone)]

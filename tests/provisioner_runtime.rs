@@ -22,10 +22,13 @@ use tower::ServiceExt as _;
 use tower_test::mock::{Handle, SendResponse};
 
 const PV: &str = "pvc-7d3c1f0e-5b8a-4c2d-9e6f-0a1b2c3d4e5f";
-const DIR: &str = "monitoring-prometheus-k8s-db-prometheus-k8s-0-pvc-7d3c1f0e-5b8a-4c2d-9e6f-0a1b2c3d4e5f";
+const DIR: &str =
+    "monitoring-prometheus-k8s-db-prometheus-k8s-0-pvc-7d3c1f0e-5b8a-4c2d-9e6f-0a1b2c3d4e5f";
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provisioner").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/provisioner")
+        .join(name);
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -71,14 +74,21 @@ fn rbac_check(method: &Method, path: &str, query: &str) {
         Method::PATCH => "patch",
         _ => "delete",
     };
-    assert!(rbac::is_allowed(group, rest[0], verb), "{method} {path}?{query} not granted");
+    assert!(
+        rbac::is_allowed(group, rest[0], verb),
+        "{method} {path}?{query} not granted"
+    );
 }
 
 async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, state: Arc<Mutex<State>>) {
     while let Some((request, send)) = handle.next_request().await {
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().unwrap_or_default().to_owned();
         rbac_check(&parts.method, &path, &query);
@@ -89,22 +99,35 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, state: Arc<Mut
             (Method::GET, "/apis/storage.k8s.io/v1/storageclasses") => respond(
                 send,
                 StatusCode::OK,
-                &list("StorageClassList", "storage.k8s.io/v1", vec![fixture("storageclass.json")]),
+                &list(
+                    "StorageClassList",
+                    "storage.k8s.io/v1",
+                    vec![fixture("storageclass.json")],
+                ),
             ),
             (Method::GET, "/api/v1/persistentvolumeclaims") => respond(
                 send,
                 StatusCode::OK,
-                &list("PersistentVolumeClaimList", "v1", vec![fixture("pvc-prometheus.json")]),
+                &list(
+                    "PersistentVolumeClaimList",
+                    "v1",
+                    vec![fixture("pvc-prometheus.json")],
+                ),
             ),
-            (Method::GET, "/api/v1/persistentvolumes") => {
-                respond(send, StatusCode::OK, &list("PersistentVolumeList", "v1", vec![]))
-            }
+            (Method::GET, "/api/v1/persistentvolumes") => respond(
+                send,
+                StatusCode::OK,
+                &list("PersistentVolumeList", "v1", vec![]),
+            ),
             (Method::POST, "/api/v1/persistentvolumes") => {
                 st.created_pvs.push(body.clone());
                 respond(send, StatusCode::CREATED, &body);
             }
-            (Method::POST | Method::PATCH, p) if p.starts_with("/apis/events.k8s.io/v1/namespaces/") => {
-                st.events.push(body["reason"].as_str().unwrap_or_default().to_owned());
+            (Method::POST | Method::PATCH, p)
+                if p.starts_with("/apis/events.k8s.io/v1/namespaces/") =>
+            {
+                st.events
+                    .push(body["reason"].as_str().unwrap_or_default().to_owned());
                 respond(send, StatusCode::CREATED, &body);
             }
             (Method::GET, p) if p.ends_with("/leases/fuseim.pri-ifs") => match st.lease.clone() {
@@ -120,7 +143,11 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, state: Arc<Mut
                 let mut lease = body.clone();
                 lease["metadata"]["resourceVersion"] = json!(st.lease_rv.to_string());
                 st.lease = Some(lease.clone());
-                let status = if parts.method == Method::POST { StatusCode::CREATED } else { StatusCode::OK };
+                let status = if parts.method == Method::POST {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
                 respond(send, status, &lease);
             }
             (m, p) => panic!("unexpected request {m} {p}?{query} {body}"),
@@ -170,7 +197,8 @@ async fn provisions_a_pending_claim_end_to_end_and_releases_the_lease() {
     tokio::spawn(serve(handle, Arc::clone(&state)));
 
     let mut registry = Registry::default();
-    let provisioner = Provisioner::with_tuning(config(root.path()), client, &mut registry, tuning());
+    let provisioner =
+        Provisioner::with_tuning(config(root.path()), client, &mut registry, tuning());
     let readiness = provisioner.readiness();
     let registry = Arc::new(registry);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -181,7 +209,12 @@ async fn provisions_a_pending_claim_end_to_end_and_releases_the_lease() {
     wait_for("readiness", || readiness.is_ready()).await;
     wait_for("the PV", || !state.lock().unwrap().created_pvs.is_empty()).await;
     wait_for("the success event", || {
-        state.lock().unwrap().events.iter().any(|e| e == "ProvisioningSucceeded")
+        state
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .any(|e| e == "ProvisioningSucceeded")
     })
     .await;
     {
@@ -196,7 +229,12 @@ async fn provisions_a_pending_claim_end_to_end_and_releases_the_lease() {
 
     // The admin routes.
     let router = admin_router(readiness.clone(), Arc::clone(&registry));
-    let get = |uri: &str| Request::builder().uri(uri).body(axum::body::Body::empty()).unwrap();
+    let get = |uri: &str| {
+        Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
     let r = router.clone().oneshot(get("/readyz")).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = router.clone().oneshot(get("/livez")).await.unwrap();
@@ -209,13 +247,27 @@ async fn provisions_a_pending_claim_end_to_end_and_releases_the_lease() {
         "{text}"
     );
     assert!(text.contains("kube_persist_provisioner_leader 1"), "{text}");
-    assert!(text.contains(&format!("kube_persist_volume_requested_bytes{{pv=\"{PV}\"}} 107374182400")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "kube_persist_volume_requested_bytes{{pv=\"{PV}\"}} 107374182400"
+        )),
+        "{text}"
+    );
 
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let st = state.lock().unwrap();
     let lease = st.lease.as_ref().unwrap();
-    assert!(lease["spec"].get("holderIdentity").is_none_or(Value::is_null), "not released: {lease}");
+    assert!(
+        lease["spec"]
+            .get("holderIdentity")
+            .is_none_or(Value::is_null),
+        "not released: {lease}"
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
     assert!(out.contains("kube_persist_provisioner_leader 0"), "{out}");
@@ -229,8 +281,12 @@ async fn readiness_fails_on_an_unusable_mount() {
     let state = Arc::new(Mutex::new(State::default()));
     tokio::spawn(serve(handle, Arc::clone(&state)));
     let mut registry = Registry::default();
-    let provisioner =
-        Provisioner::with_tuning(config(&base.path().join("not-mounted")), client, &mut registry, tuning());
+    let provisioner = Provisioner::with_tuning(
+        config(&base.path().join("not-mounted")),
+        client,
+        &mut registry,
+        tuning(),
+    );
     let readiness = provisioner.readiness();
     assert!(!readiness.is_ready(), "ready before any probe");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -239,13 +295,26 @@ async fn readiness_fails_on_an_unusable_mount() {
     }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!readiness.is_ready());
-    assert!(readiness.reason().unwrap().contains("not-mounted"), "{:?}", readiness.reason());
+    assert!(
+        readiness.reason().unwrap().contains("not-mounted"),
+        "{:?}",
+        readiness.reason()
+    );
     let router = admin_router(readiness, Arc::new(registry));
     let r = router
-        .oneshot(Request::builder().uri("/readyz").body(axum::body::Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .uri("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -24,6 +24,10 @@ use super::plan::RelDir;
 /// outright (each one holds a blocking-pool thread).
 pub const MAX_STUCK_CALLS: usize = 4;
 
+/// A recursive removal touches every file of a volume, so it gets this many times the
+/// per-call timeout (15 s by default: 30 minutes).
+pub const REMOVE_TIMEOUT_FACTOR: u32 = 120;
+
 /// A filesystem failure, naming the operation and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -268,12 +272,23 @@ impl VolumeRoot {
         Arc::clone(&self.health)
     }
 
-    /// Runs `f` on the blocking pool with the timeout; mount-level failures mark the mount
-    /// unhealthy.
+    /// Runs `f` on the blocking pool with the per-call timeout.
     async fn run<T: Send + 'static>(
         &self,
         op: &'static str,
         path: String,
+        f: impl FnOnce(&Path) -> Result<T, FsError> + Send + 'static,
+    ) -> Result<T, FsError> {
+        self.run_within(op, path, self.timeout, f).await
+    }
+
+    /// Runs `f` on the blocking pool within `timeout`; mount-level failures mark the mount
+    /// unhealthy.
+    async fn run_within<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        path: String,
+        timeout: Duration,
         f: impl FnOnce(&Path) -> Result<T, FsError> + Send + 'static,
     ) -> Result<T, FsError> {
         let stuck = self.stuck.load(Ordering::Acquire);
@@ -292,7 +307,7 @@ impl VolumeRoot {
             }
             r
         });
-        let result = match tokio::time::timeout(self.timeout, handle).await {
+        let result = match tokio::time::timeout(timeout, handle).await {
             Ok(Ok(r)) => r,
             Ok(Err(join)) => Err(FsError::Task {
                 op,
@@ -308,11 +323,7 @@ impl VolumeRoot {
                     // Finished just after the deadline: nothing left stuck.
                     self.stuck.fetch_sub(1, Ordering::AcqRel);
                 }
-                Err(FsError::Timeout {
-                    op,
-                    path,
-                    timeout: self.timeout,
-                })
+                Err(FsError::Timeout { op, path, timeout })
             }
         };
         if let Err(e) = &result
@@ -373,7 +384,8 @@ impl VolumeRoot {
     pub async fn remove_all(&self, dir: &RelDir) -> Result<Cleaned, FsError> {
         let dir = dir.clone();
         let shown = self.root.join(dir.to_string()).display().to_string();
-        self.run("remove", shown, move |root| {
+        let timeout = self.timeout.saturating_mul(REMOVE_TIMEOUT_FACTOR);
+        self.run_within("remove", shown, timeout, move |root| {
             let Some(path) = existing_dir(root, &dir)? else {
                 return Ok(Cleaned::Missing);
             };
@@ -404,12 +416,16 @@ impl VolumeRoot {
     pub async fn usage(&self, dir: &RelDir, limits: WalkLimits) -> Result<Usage, FsError> {
         let dir = dir.clone();
         let shown = self.root.join(dir.to_string()).display().to_string();
-        self.run("walk", shown, move |root| match existing_dir(root, &dir)? {
-            Some(path) => Ok(walk_usage(&path, limits)),
-            None => Ok(Usage {
-                complete: true,
-                ..Usage::default()
-            }),
+        // The walk bounds itself; the timeout only catches a call hung inside it.
+        let timeout = limits.max_time.saturating_add(self.timeout);
+        self.run_within("walk", shown, timeout, move |root| {
+            match existing_dir(root, &dir)? {
+                Some(path) => Ok(walk_usage(&path, limits)),
+                None => Ok(Usage {
+                    complete: true,
+                    ..Usage::default()
+                }),
+            }
         })
         .await
     }

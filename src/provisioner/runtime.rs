@@ -220,6 +220,12 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn probe_loop(fs: VolumeRoot, interval: Duration, mut stop: watch::Receiver<bool>) {
+    if let Ok(false) = fs.is_mount_point().await {
+        tracing::warn!(
+            root = %fs.root().display(),
+            "The NFS root is not a mount point: volumes would be created on this container's own filesystem"
+        );
+    }
     let mut was_ok = None;
     loop {
         let result = fs.probe().await;

@@ -354,6 +354,23 @@ impl VolumeRoot {
         result
     }
 
+    /// Whether the root is a mount point (its device differs from its parent's). `Ok(false)`
+    /// usually means the NFS export is not mounted and volumes would land on the container's
+    /// own filesystem.
+    pub async fn is_mount_point(&self) -> Result<bool, FsError> {
+        let shown = self.root.display().to_string();
+        self.run("stat", shown, |root| {
+            let real = canonical_root(root)?;
+            let Some(parent) = real.parent() else {
+                return Ok(true);
+            };
+            let own = fs::metadata(&real).map_err(io_err("stat", &real))?;
+            let up = fs::metadata(parent).map_err(io_err("stat", parent))?;
+            Ok(own.dev() != up.dev())
+        })
+        .await
+    }
+
     /// Creates `dir` (and missing parents) with `perms`, or accepts an existing directory and
     /// applies `perms` to it again (the Go provisioner did the same), so a retry after a crash
     /// converges.
@@ -716,6 +733,18 @@ mod tests {
         assert_eq!(root.stuck.load(Ordering::Acquire), 0);
         root.probe().await.unwrap();
         assert!(root.health().is_healthy());
+    }
+
+    #[tokio::test]
+    async fn mount_points_are_recognised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = VolumeRoot::new(tmp.path().join("."), Duration::from_secs(5), ".probe");
+        fs::create_dir(tmp.path().join("sub")).unwrap();
+        let sub = VolumeRoot::new(tmp.path().join("sub"), Duration::from_secs(5), ".probe");
+        assert!(!sub.is_mount_point().await.unwrap());
+        let _ = plain.is_mount_point().await.unwrap();
+        let proc = VolumeRoot::new("/proc".into(), Duration::from_secs(5), ".probe");
+        assert!(proc.is_mount_point().await.unwrap());
     }
 
     #[tokio::test]

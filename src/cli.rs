@@ -130,7 +130,14 @@ pub struct ProvisionerArgs {
     )]
     pub nfs_root: PathBuf,
     /// Take a coordination.k8s.io Lease before provisioning, so several replicas can run.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ENABLE_LEADER_ELECTION")]
+    /// Accepts the spellings Go's `strconv.ParseBool` accepted (`1`, `t`, `True`, `0`, ...).
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        env = "ENABLE_LEADER_ELECTION"
+    )]
     pub enable_leader_election: bool,
     /// Namespace of the leader-election Lease (default: the pod's namespace, else `kube-persist`).
     #[arg(long, env = "KUBE_PERSIST_LEASE_NAMESPACE")]

@@ -35,7 +35,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             run(args.into_config()?, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Provisioner(_args) => anyhow::bail!("provisioner: not built yet"),
+        Command::Provisioner(args) => {
+            provisioner::run_standalone(args.into_config()?, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mutate(args) => commands::mutate::run(args),
         Command::Scan(args) => commands::scan::run(args).await,
         Command::Certs(args) => commands::certs::run(args),

@@ -1,9 +1,21 @@
 //! The bundled NFS provisioner: a drop-in replacement for nfs-subdir-external-provisioner.
 //!
-//! `plan` decides (pure), `volume` touches the filesystem under the NFS mount, `reconcile`
-//! talks to the API server.
+//! [`plan`] decides (pure), [`volume`] touches the filesystem under the NFS mount, [`reconcile`]
+//! talks to the API server, [`leader`] holds the Lease, [`metrics`] counts. [`Provisioner`]
+//! wires them into kube-runtime controllers; [`run_standalone`] adds the client and an admin
+//! port for `kube-persist provisioner`.
+
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+pub mod volume;
+
+mod runtime;
 
 use std::{net::SocketAddr, path::PathBuf};
+
+pub use runtime::{Provisioner, Readiness, Tuning, admin_router, run_standalone};
 
 /// Provisioner flags as given, before validation.
 #[derive(Debug, Clone)]
@@ -49,6 +61,9 @@ pub enum ConfigError {
     /// A required setting is missing.
     #[error("{0} must be set (the NFS export that provisioned volumes point at)")]
     Missing(&'static str),
+    /// A setting is empty.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
 }
 
 impl Config {
@@ -63,14 +78,64 @@ impl Config {
             lease_namespace,
             admin_listen,
         } = raw;
+        let required = |value: Option<String>, name: &'static str| {
+            let value = value.ok_or(ConfigError::Missing(name))?;
+            if value.trim().is_empty() {
+                return Err(ConfigError::Empty(name));
+            }
+            Ok(value.trim().to_owned())
+        };
+        if provisioner_name.trim().is_empty() {
+            return Err(ConfigError::Empty("PROVISIONER_NAME (--provisioner-name)"));
+        }
         Ok(Config {
-            provisioner_name,
-            nfs_server: nfs_server.ok_or(ConfigError::Missing("NFS_SERVER (--nfs-server)"))?,
-            nfs_path: nfs_path.ok_or(ConfigError::Missing("NFS_PATH (--nfs-path)"))?,
+            provisioner_name: provisioner_name.trim().to_owned(),
+            nfs_server: required(nfs_server, "NFS_SERVER (--nfs-server)")?,
+            nfs_path: required(nfs_path, "NFS_PATH (--nfs-path)")?,
             nfs_root,
             enable_leader_election,
             lease_namespace,
             admin_listen,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig {
+            provisioner_name: "fuseim.pri/ifs".into(),
+            nfs_server: Some("10.0.0.1".into()),
+            nfs_path: Some("/export".into()),
+            nfs_root: "/persistentvolumes".into(),
+            enable_leader_election: true,
+            lease_namespace: None,
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn config_requires_server_and_path() {
+        assert!(Config::new(raw()).is_ok());
+        let err = Config::new(RawConfig {
+            nfs_server: None,
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("NFS_SERVER"), "{err}");
+        let err = Config::new(RawConfig {
+            nfs_path: Some(" ".into()),
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("NFS_PATH"), "{err}");
+        let err = Config::new(RawConfig {
+            provisioner_name: "".into(),
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("PROVISIONER_NAME"), "{err}");
     }
 }

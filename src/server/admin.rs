@@ -1,26 +1,29 @@
-//! The plain-HTTP admin port: `/livez`, `/readyz`, `/metrics`.
+//! The plain-HTTP admin port shared by `serve` and `provisioner`: `/livez`, `/readyz`,
+//! `/readyz/<component>` and `/metrics`.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Path, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use prometheus_client::registry::Registry;
+
+/// A readiness check: `None` when ready, else why not.
+pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// What the admin handlers read.
 #[derive(Clone)]
 pub struct AdminState {
     /// All metrics of the process.
     pub registry: Arc<Registry>,
-    /// False once shutdown has begun (so endpoints drain before the port closes).
-    pub ready: Arc<AtomicBool>,
+    /// Decides `/readyz` (the component the Service routes to).
+    pub ready: ReadyCheck,
+    /// Further components, each at `/readyz/<name>` (not part of `/readyz`).
+    pub components: Vec<(&'static str, ReadyCheck)>,
 }
 
 /// The admin router.
@@ -28,6 +31,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/{component}", get(component))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             (
@@ -38,11 +42,25 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+fn answer(check: &ReadyCheck) -> Response {
+    match check() {
+        None => (StatusCode::OK, "ok\n".to_string()).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    answer(&state.ready)
+}
+
+async fn component(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    match state.components.iter().find(|(n, _)| *n == name) {
+        Some((_, check)) => answer(check),
+        None => (StatusCode::NOT_FOUND, format!("no component {name:?}\n")).into_response(),
     }
 }
 

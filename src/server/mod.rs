@@ -135,16 +135,25 @@ impl Server {
             drain_timeout,
             provisioner,
         } = config;
-        if provisioner.is_some() {
-            anyhow::bail!("--provisioner: the provisioner is not part of this build yet");
-        }
-
         let audit = AuditLog::open(match &audit_log {
             Some(path) => AuditTarget::File(path),
             None => AuditTarget::Stdout,
         })?;
         let mut registry = Registry::default();
         let metrics = WebhookMetrics::register(&mut registry);
+        let provisioner = match provisioner {
+            Some(config) => {
+                let client = kube::Client::try_default().await.context(
+                    "--provisioner: cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)",
+                )?;
+                Some(crate::provisioner::Provisioner::new(
+                    config,
+                    client,
+                    &mut registry,
+                ))
+            }
+            None => None,
+        };
         let ready = Arc::new(AtomicBool::new(true));
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -170,10 +179,27 @@ impl Server {
                 stop_rx.clone(),
             ));
         }
+        let mut components: Vec<(&'static str, admin::ReadyCheck)> = Vec::new();
+        if let Some(p) = &provisioner {
+            // The provisioner's health is reported apart: a stale NFS mount must not take the
+            // webhook out of its Service.
+            let readiness = p.readiness();
+            components.push(("provisioner", Arc::new(move || readiness.reason())));
+        }
+        let serving = ready.clone();
         let admin_state = admin::AdminState {
             registry: Arc::new(registry),
-            ready: ready.clone(),
+            ready: Arc::new(move || {
+                (!serving.load(Ordering::SeqCst)).then(|| "shutting down".to_string())
+            }),
+            components,
         };
+        let mut provisioner_task = provisioner.map(|p| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(p.run(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }))
+        });
         let admin_addr = admin_listener.local_addr()?;
         let mut admin_stop = stop_rx.clone();
         let admin_task = tokio::spawn(async move {
@@ -208,10 +234,23 @@ impl Server {
         tracing::info!(webhook = %addr, admin = %admin_addr, "Listening");
 
         let mut connections = JoinSet::new();
+        let mut failure = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                ended = async { match provisioner_task.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                } } => {
+                    provisioner_task = None;
+                    failure = Some(match ended {
+                        Ok(Ok(())) => anyhow::anyhow!("the provisioner stopped unexpectedly"),
+                        Ok(Err(e)) => e.context("the provisioner failed"),
+                        Err(e) => anyhow::anyhow!("the provisioner task failed: {e}"),
+                    });
+                    break;
+                }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
@@ -254,6 +293,16 @@ impl Server {
             connections.abort_all();
         }
         while background.join_next().await.is_some() {}
+        if let Some(task) = provisioner_task {
+            match task.await {
+                Ok(Err(e)) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "Provisioner stopped with an error"
+                ),
+                Err(e) => tracing::error!(error = %e, "Provisioner task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         match admin_task.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "Admin server stopped with an error"),
             Err(e) => tracing::warn!(error = %e, "Admin server task failed"),
@@ -263,7 +312,7 @@ impl Server {
         drop(service);
         audit.close();
         tracing::info!("Stopped");
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 

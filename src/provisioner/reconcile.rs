@@ -1,0 +1,671 @@
+//! Kubernetes I/O around the pure plans: reconcile one claim (provision) or one volume
+//! (clean up), publish events, count metrics, back off on errors.
+//!
+//! Every step is idempotent so that a restart between any two converges: the PV name is
+//! deterministic (`pvc-<claim uid>`), an existing directory is accepted, a 409 on PV create means
+//! "done", a missing directory on delete is not an error, a 404 on PV delete is success.
+//! Before each step that changes something the leader handle is asked again, so losing the
+//! Lease stops work mid-operation.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim},
+    storage::v1::StorageClass,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, PostParams, Preconditions},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+    },
+};
+
+use super::{
+    Config,
+    leader::LeaderHandle,
+    metrics::{Metrics, Operation},
+    plan::{
+        self, DeleteDecision, DeleteFail, DeletePlan, DirAction, FailReason, ProvisionDecision,
+        PvPlan, RetainReason,
+    },
+    volume::{Cleaned, DirPerms, Ensured, FsError, Usage, VolumeRoot, WalkLimits},
+};
+
+/// Event reasons (those of the external-provisioner library, so existing alerts keep working).
+pub mod reasons {
+    /// Provisioning of a claim started.
+    pub const PROVISIONING: &str = "Provisioning";
+    /// The PV was created.
+    pub const PROVISIONING_SUCCEEDED: &str = "ProvisioningSucceeded";
+    /// The claim could not be provisioned.
+    pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
+    /// After a failed provisioning, the directory created for it could not be removed.
+    pub const PROVISIONING_CLEANUP_FAILED: &str = "ProvisioningCleanupFailed";
+    /// A released volume's directory or PV could not be cleaned up (event on the PV).
+    pub const VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
+}
+
+/// A failed reconcile; the controller retries with exponential backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The claim cannot be provisioned as asked.
+    #[error("claim {claim}: {reason}")]
+    Plan {
+        /// `namespace/name`.
+        claim: String,
+        /// Why.
+        #[source]
+        reason: FailReason,
+    },
+    /// The volume cannot be cleaned up safely.
+    #[error(transparent)]
+    Delete(#[from] DeleteFail),
+    /// The filesystem failed.
+    #[error("{object}: {source}")]
+    Fs {
+        /// The claim or volume.
+        object: String,
+        /// What failed.
+        #[source]
+        source: FsError,
+    },
+    /// The API server failed.
+    #[error("{action} {object}: {source}")]
+    Kube {
+        /// What we were doing.
+        action: &'static str,
+        /// The object.
+        object: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A cache did not fill in time.
+    #[error("the {0} cache is not synced yet")]
+    NotSynced(&'static str),
+}
+
+impl Error {
+    /// Short label for the `failures_total{reason}` metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Plan { reason, .. } => reason.metric_reason(),
+            Error::Delete(_) => "unsafe_volume",
+            Error::Fs { source, .. } => source.metric_reason(),
+            Error::Kube { .. } => "api_error",
+            Error::NotSynced(_) => "cache_not_synced",
+        }
+    }
+}
+
+/// Per-object exponential backoff: 1s, 2s, 4s, ... capped at 5 minutes; reset on success.
+#[derive(Debug, Default)]
+pub struct RetryBackoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Delay before retry number `attempt` (0-based).
+pub fn backoff_delay(attempt: u32) -> Duration {
+    const BASE: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(300);
+    BASE.checked_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .map_or(MAX, |d| d.min(MAX))
+}
+
+impl RetryBackoff {
+    /// Records a failure of `key`; returns how long to wait.
+    pub fn failed(&self, key: &str) -> Duration {
+        let Ok(mut map) = self.failures.lock() else {
+            return backoff_delay(0);
+        };
+        let n = map.entry(key.to_owned()).or_insert(0);
+        let delay = backoff_delay(*n);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    /// Forgets the failures of `key`.
+    pub fn succeeded(&self, key: &str) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(key);
+        }
+    }
+
+    /// Failures recorded for `key` since its last success.
+    pub fn attempts(&self, key: &str) -> u32 {
+        self.failures
+            .lock()
+            .map_or(0, |m| m.get(key).copied().unwrap_or(0))
+    }
+}
+
+/// Everything a reconcile needs. Built by [`super::Provisioner`]; tests build it by hand with a
+/// mocked client and hand-filled stores.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Provisioner configuration.
+    pub config: Config,
+    /// StorageClasses, from a reflector.
+    pub classes: Store<StorageClass>,
+    /// PersistentVolumes, from the volume controller's reflector.
+    pub volumes: Store<PersistentVolume>,
+    /// The NFS mount.
+    pub fs: VolumeRoot,
+    /// Whether we may act.
+    pub leader: LeaderHandle,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// Retry state.
+    pub backoff: RetryBackoff,
+    /// How long to wait for the caches to sync before failing a reconcile.
+    pub sync_timeout: Duration,
+}
+
+/// The `reportingController` of our events: the provisioner name when it is a valid qualified
+/// name (as Kubernetes requires), else `kube-persist.io/provisioner`.
+pub fn reporter(provisioner_name: &str, instance: &str) -> Reporter {
+    let controller = if is_qualified_name(provisioner_name) {
+        provisioner_name.to_owned()
+    } else {
+        "kube-persist.io/provisioner".to_owned()
+    };
+    Reporter {
+        controller,
+        instance: Some(instance.chars().take(128).collect()),
+    }
+}
+
+fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
+}
+
+fn object_key<K: Resource>(obj: &K) -> String {
+    let meta = obj.meta();
+    match (&meta.uid, &meta.namespace, &meta.name) {
+        (Some(uid), _, _) => uid.clone(),
+        (None, Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, _, name) => name.clone().unwrap_or_default(),
+    }
+}
+
+fn claim_id(pvc: &PersistentVolumeClaim) -> String {
+    format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any())
+}
+
+impl Context {
+    async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let mut note = note;
+        if note.len() > 1000 {
+            let mut end = 1000;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+        }
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: if reason == reasons::VOLUME_FAILED_DELETE {
+                "Delete"
+            } else {
+                "Provision"
+            }
+            .to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(error = %e, reason, object = ?regarding.name, "Could not publish event");
+        }
+    }
+
+    async fn synced(&self) -> Result<(), Error> {
+        let wait = async {
+            self.classes
+                .wait_until_ready()
+                .await
+                .map_err(|_| Error::NotSynced("storageclasses"))?;
+            self.volumes
+                .wait_until_ready()
+                .await
+                .map_err(|_| Error::NotSynced("persistentvolumes"))
+        };
+        tokio::time::timeout(self.sync_timeout, wait)
+            .await
+            .unwrap_or(Err(Error::NotSynced("storageclasses/persistentvolumes")))
+    }
+}
+
+/// Reconciles one claim: provisions it when it is ours and unbound.
+pub async fn reconcile_claim(
+    pvc: Arc<PersistentVolumeClaim>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
+    ctx.synced().await?;
+    let key = object_key(pvc.as_ref());
+    let class = plan::claim_class_name(&pvc).and_then(|c| ctx.classes.get(&ObjectRef::new(c)));
+    let existing = plan::pv_name_for(&pvc).and_then(|n| ctx.volumes.get(&ObjectRef::new(&n)));
+    match plan::plan_provision(&pvc, class.as_deref(), &ctx.config, existing.as_deref()) {
+        ProvisionDecision::Skip { reason } => {
+            tracing::debug!(claim = %claim_id(&pvc), %reason, "Skipped claim");
+            ctx.backoff.succeeded(&key);
+            Ok(Action::await_change())
+        }
+        ProvisionDecision::Fail { reason } => {
+            let claim = claim_id(&pvc);
+            tracing::warn!(%claim, error = %reason, "Cannot provision claim");
+            let class = plan::claim_class_name(&pvc).unwrap_or_default();
+            ctx.publish(
+                &pvc.object_ref(&()),
+                EventType::Warning,
+                reasons::PROVISIONING_FAILED,
+                format!("failed to provision volume with StorageClass \"{class}\": {reason}"),
+            )
+            .await;
+            ctx.metrics
+                .failure(Operation::Provision, reason.metric_reason(), None);
+            Err(Error::Plan { claim, reason })
+        }
+        ProvisionDecision::Provision(plan) => {
+            let result = provision(&pvc, &plan, &ctx).await;
+            if result.is_ok() {
+                ctx.backoff.succeeded(&key);
+            }
+            result
+        }
+    }
+}
+
+async fn provision(
+    pvc: &PersistentVolumeClaim,
+    plan: &PvPlan,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let claim = claim_id(pvc);
+    let reference = pvc.object_ref(&());
+    let pv_name = plan.pv.name_any();
+    let class = plan::claim_class_name(pvc).unwrap_or_default().to_owned();
+    ctx.publish(
+        &reference,
+        EventType::Normal,
+        reasons::PROVISIONING,
+        format!("External provisioner is provisioning volume for claim \"{claim}\""),
+    )
+    .await;
+
+    let fail = |error: Error, ensured: Option<Ensured>| {
+        let (reference, claim, class, pv_name) = (&reference, &claim, &class, &pv_name);
+        async move {
+            tracing::warn!(%claim, pv = %pv_name, error = %error, "Provisioning failed");
+            if ensured == Some(Ensured::Created) {
+                // We made this directory in this attempt and there is no PV for it: take it back.
+                if let Err(e) = ctx.fs.remove_empty(&plan.dir).await {
+                    ctx.publish(
+                    reference,
+                    EventType::Warning,
+                    reasons::PROVISIONING_CLEANUP_FAILED,
+                    format!("Error cleaning provisioned directory {} for claim {claim}: {e}. Please delete it manually.", plan.dir),
+                )
+                .await;
+                }
+            }
+            ctx.publish(
+                reference,
+                EventType::Warning,
+                reasons::PROVISIONING_FAILED,
+                format!("failed to provision volume with StorageClass \"{class}\": {error}"),
+            )
+            .await;
+            ctx.metrics.failure(
+                Operation::Provision,
+                error.metric_reason(),
+                Some(started.elapsed()),
+            );
+            Err(error)
+        }
+    };
+
+    if !ctx.leader.is_leader() {
+        tracing::warn!(claim = %claim_id(pvc), "Lost the Lease: stopped before creating the directory");
+        return Ok(Action::await_change());
+    }
+    let perms = DirPerms {
+        mode: plan.mode,
+        uid: plan.uid,
+        gid: plan.gid,
+    };
+    let ensured = match ctx.fs.ensure_dir(&plan.dir, perms).await {
+        Ok(e) => e,
+        Err(source) => {
+            let object = claim_id(pvc);
+            return fail(Error::Fs { object, source }, None).await;
+        }
+    };
+    tracing::info!(claim = %claim_id(pvc), dir = %plan.dir, ?ensured, "Volume directory ready");
+
+    if !ctx.leader.is_leader() {
+        // The directory stays: the next leader finds it and creates the same PV.
+        tracing::warn!(claim = %claim_id(pvc), "Lost the Lease: stopped before creating the PersistentVolume");
+        return Ok(Action::await_change());
+    }
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match api.create(&PostParams::default(), &plan.pv).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            tracing::info!(pv = %plan.pv.name_any(), "PersistentVolume already exists (an earlier attempt created it)");
+        }
+        Err(source) => {
+            let permanent = matches!(&source, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429);
+            let error = Error::Kube {
+                action: "creating PersistentVolume",
+                object: plan.pv.name_any(),
+                source,
+            };
+            return fail(error, permanent.then_some(ensured)).await;
+        }
+    }
+    ctx.publish(
+        &reference,
+        EventType::Normal,
+        reasons::PROVISIONING_SUCCEEDED,
+        format!("Successfully provisioned volume {}", plan.pv.name_any()),
+    )
+    .await;
+    if let Some(bytes) = plan.requested_bytes {
+        ctx.metrics.set_requested(&plan.pv.name_any(), bytes);
+    }
+    ctx.metrics.success(Operation::Provision, started.elapsed());
+    tracing::info!(claim = %claim_id(pvc), pv = %plan.pv.name_any(), dir = %plan.dir, "Provisioned");
+    Ok(Action::await_change())
+}
+
+/// Archive suffix from the clock: `20250102T030405Z`.
+pub fn archive_stamp(now: jiff::Timestamp) -> String {
+    now.strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// Reconciles one volume: cleans up a released volume of ours.
+pub async fn reconcile_volume(
+    pv: Arc<PersistentVolume>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
+    ctx.synced().await?;
+    let key = object_key(pv.as_ref());
+    let class = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+        .and_then(|c| ctx.classes.get(&ObjectRef::new(c)));
+    let all = ctx.volumes.state();
+    let others: Vec<&PersistentVolume> = all.iter().map(AsRef::as_ref).collect();
+    let stamp = archive_stamp(jiff::Timestamp::now());
+    match plan::plan_delete(&pv, class.as_deref(), &ctx.config, &others, &stamp) {
+        DeleteDecision::Skip { reason } => {
+            tracing::trace!(pv = %pv.name_any(), ?reason, "Skipped volume");
+            ctx.backoff.succeeded(&key);
+            Ok(Action::await_change())
+        }
+        DeleteDecision::Fail { reason } => {
+            tracing::warn!(pv = %pv.name_any(), error = %reason, "Cannot clean up volume");
+            ctx.publish(
+                &pv.object_ref(&()),
+                EventType::Warning,
+                reasons::VOLUME_FAILED_DELETE,
+                reason.to_string(),
+            )
+            .await;
+            let error = Error::Delete(reason);
+            ctx.metrics
+                .failure(Operation::Delete, error.metric_reason(), None);
+            Err(error)
+        }
+        DeleteDecision::Delete(plan) => {
+            let result = delete(&pv, &plan, &ctx).await;
+            if result.is_ok() {
+                ctx.backoff.succeeded(&key);
+            }
+            result
+        }
+    }
+}
+
+async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let reference = pv.object_ref(&());
+    let fail = |error: Error| {
+        let reference = &reference;
+        async move {
+            tracing::warn!(pv = %plan.pv_name, error = %error, "Cleanup failed");
+            ctx.publish(
+                reference,
+                EventType::Warning,
+                reasons::VOLUME_FAILED_DELETE,
+                error.to_string(),
+            )
+            .await;
+            ctx.metrics.failure(
+                Operation::Delete,
+                error.metric_reason(),
+                Some(started.elapsed()),
+            );
+            Err(error)
+        }
+    };
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
+    let cleaned = match &plan.action {
+        DirAction::Archive { names } => ctx.fs.archive(&plan.dir, names).await.map(Some),
+        DirAction::Remove => ctx.fs.remove_all(&plan.dir).await.map(Some),
+        DirAction::Retain { reason } => {
+            match reason {
+                RetainReason::Requested => {
+                    tracing::info!(pv = %plan.pv_name, dir = %plan.dir, "Directory retained (onDelete: retain)");
+                }
+                other => {
+                    tracing::warn!(pv = %plan.pv_name, dir = %plan.dir, reason = %other, "Directory retained");
+                }
+            }
+            Ok(None)
+        }
+    };
+    match cleaned {
+        Ok(Some(Cleaned::Missing)) => {
+            tracing::info!(pv = %plan.pv_name, dir = %plan.dir, "Directory already gone");
+        }
+        Ok(Some(Cleaned::Archived(to))) => {
+            tracing::info!(pv = %plan.pv_name, dir = %plan.dir, archive = %to, "Directory archived");
+        }
+        Ok(Some(Cleaned::Removed)) => {
+            tracing::info!(pv = %plan.pv_name, dir = %plan.dir, "Directory removed");
+        }
+        Ok(None) => {}
+        Err(source) => {
+            let object = format!("PersistentVolume {}", plan.pv_name);
+            return fail(Error::Fs { object, source }).await;
+        }
+    }
+    if !ctx.leader.is_leader() {
+        // The PV stays Released; the next leader finds the directory gone and deletes it.
+        tracing::warn!(pv = %plan.pv_name, "Lost the Lease: stopped before deleting the PersistentVolume");
+        return Ok(Action::await_change());
+    }
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let params = DeleteParams {
+        preconditions: plan.pv_uid.clone().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&plan.pv_name, &params).await {
+        Ok(_) => {}
+        // Gone already, or replaced by a new object of the same name: nothing of ours left.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(source) => {
+            let error = Error::Kube {
+                action: "deleting PersistentVolume",
+                object: plan.pv_name.clone(),
+                source,
+            };
+            return fail(error).await;
+        }
+    }
+    ctx.metrics.forget_volume(&plan.pv_name);
+    ctx.metrics.success(Operation::Delete, started.elapsed());
+    tracing::info!(pv = %plan.pv_name, "Deleted");
+    Ok(Action::await_change())
+}
+
+/// Requeue delay after a failed reconcile of `obj` (exponential per object).
+pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = object_key(obj.as_ref());
+    let delay = ctx.backoff.failed(&key);
+    tracing::debug!(object = %key, error = %error, ?delay, "Retrying later");
+    Action::requeue(delay)
+}
+
+/// Measures every provisioned, non-released volume once and updates the per-volume gauges;
+/// `known` carries the set of measured volumes between rounds so series of vanished volumes
+/// are dropped. Returns the usages measured.
+pub async fn measure_volumes(
+    ctx: &Context,
+    limits: WalkLimits,
+    known: &mut HashSet<String>,
+) -> Vec<(String, Usage)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for pv in ctx.volumes.state() {
+        if !ctx.leader.is_leader() {
+            return out;
+        }
+        let Some(dir) = plan::volume_dir(&pv, &ctx.config) else {
+            continue;
+        };
+        if pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released") {
+            continue;
+        }
+        let name = pv.name_any();
+        if let Some(bytes) = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .and_then(|q| plan::quantity_bytes(&q.0))
+        {
+            ctx.metrics.set_requested(&name, bytes);
+        }
+        match ctx.fs.usage(&dir, limits).await {
+            Ok(usage) => {
+                ctx.metrics.set_used(&name, usage.bytes, usage.complete);
+                out.push((name.clone(), usage));
+            }
+            Err(e) => {
+                tracing::warn!(pv = %name, error = %e, "Could not measure volume usage");
+                if e.is_mount_failure() {
+                    // Do not queue more calls on a hung mount this round.
+                    seen.insert(name);
+                    seen.extend(known.iter().cloned());
+                    break;
+                }
+            }
+        }
+        seen.insert(name);
+    }
+    for gone in known.difference(&seen) {
+        ctx.metrics.forget_volume(gone);
+    }
+    *known = seen;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff_delay(0), Duration::from_secs(1));
+        assert_eq!(backoff_delay(3), Duration::from_secs(8));
+        assert_eq!(backoff_delay(9), Duration::from_secs(300));
+        assert_eq!(backoff_delay(40), Duration::from_secs(300));
+        let b = RetryBackoff::default();
+        assert_eq!(b.failed("a"), Duration::from_secs(1));
+        assert_eq!(b.failed("a"), Duration::from_secs(2));
+        assert_eq!(b.attempts("a"), 2);
+        b.succeeded("a");
+        assert_eq!(b.failed("a"), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn reporting_controller_is_a_qualified_name() {
+        assert_eq!(
+            reporter("fuseim.pri/ifs", "pod").controller,
+            "fuseim.pri/ifs"
+        );
+        assert_eq!(
+            reporter("k8s-sigs.io/nfs-subdir-external-provisioner", "pod").controller,
+            "k8s-sigs.io/nfs-subdir-external-provisioner"
+        );
+        assert_eq!(
+            reporter("Bad Name!", "pod").controller,
+            "kube-persist.io/provisioner"
+        );
+        assert_eq!(
+            reporter("a/b/c", "pod").controller,
+            "kube-persist.io/provisioner"
+        );
+    }
+
+    #[test]
+    fn archive_stamp_format() {
+        let ts: jiff::Timestamp = "2025-01-02T03:04:05Z".parse().unwrap();
+        assert_eq!(archive_stamp(ts), "20250102T030405Z");
+    }
+}

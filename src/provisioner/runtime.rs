@@ -1,0 +1,391 @@
+//! Wiring: kube-runtime controllers for claims and volumes, a StorageClass reflector, the Lease,
+//! the mount probe and the usage walker; and the standalone process with its admin port.
+
+use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{PersistentVolume, PersistentVolumeClaim},
+    storage::v1::StorageClass,
+};
+use kube::{
+    Api, Client,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        events::Recorder,
+        reflector, watcher,
+    },
+};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use super::{
+    Config,
+    leader::{self, LeaderHandle, LeaderTiming, LeaseElector},
+    metrics::Metrics,
+    reconcile::{self, Context, RetryBackoff},
+    volume::{MountHealth, VolumeRoot, WalkLimits},
+};
+
+/// Timings and bounds; the defaults suit production, tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Limit of each filesystem call on the NFS mount.
+    pub fs_timeout: Duration,
+    /// How often the mount is probed (readiness).
+    pub probe_interval: Duration,
+    /// How often provisioned volumes are walked for their used bytes.
+    pub walk_interval: Duration,
+    /// Bound of each volume's walk.
+    pub walk_limits: WalkLimits,
+    /// Lease timing.
+    pub leader: LeaderTiming,
+    /// Reconciles running at once, per controller.
+    pub concurrency: u16,
+    /// How long a reconcile waits for the caches to sync.
+    pub sync_timeout: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            fs_timeout: Duration::from_secs(15),
+            probe_interval: Duration::from_secs(10),
+            walk_interval: Duration::from_secs(300),
+            walk_limits: WalkLimits::default(),
+            leader: LeaderTiming::default(),
+            concurrency: 8,
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Readiness of the provisioner: the NFS mount answered the last probe (a write and a remove)
+/// and no call has failed on it since. Leadership does not matter: a standby replica is ready.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    health: Arc<MountHealth>,
+}
+
+impl Readiness {
+    /// Whether `/readyz` should answer 200.
+    pub fn is_ready(&self) -> bool {
+        self.health.is_healthy()
+    }
+
+    /// Why not, for the `/readyz` body.
+    pub fn reason(&self) -> Option<String> {
+        if self.is_ready() {
+            None
+        } else {
+            Some(
+                self.health
+                    .last_error()
+                    .unwrap_or_else(|| "NFS mount not probed yet".to_owned()),
+            )
+        }
+    }
+}
+
+/// The NFS provisioner controller.
+pub struct Provisioner {
+    config: Config,
+    client: Client,
+    metrics: Metrics,
+    fs: VolumeRoot,
+    tuning: Tuning,
+    instance: String,
+    identity: String,
+}
+
+impl std::fmt::Debug for Provisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioner")
+            .field("config", &self.config)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provisioner {
+    /// Builds the provisioner and registers its metrics into the shared registry.
+    pub fn new(config: Config, client: Client, registry: &mut Registry) -> Self {
+        Provisioner::with_tuning(config, client, registry, Tuning::default())
+    }
+
+    /// [`Provisioner::new`] with explicit timings.
+    pub fn with_tuning(
+        config: Config,
+        client: Client,
+        registry: &mut Registry,
+        tuning: Tuning,
+    ) -> Self {
+        let instance = leader::instance_name();
+        let identity = leader::unique_identity(&instance);
+        let probe_name = format!(".kube-persist-probe-{identity}");
+        let fs = VolumeRoot::new(config.nfs_root.clone(), tuning.fs_timeout, &probe_name);
+        Provisioner {
+            metrics: Metrics::new(registry),
+            config,
+            client,
+            fs,
+            tuning,
+            instance,
+            identity,
+        }
+    }
+
+    /// Cheap handle for `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            health: self.fs.health(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves: probes the mount, campaigns for the Lease, and while
+    /// leader runs the claim and volume controllers. Losing the Lease stops them at once; they
+    /// start again (with fresh caches) when it is regained.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Provisioner {
+            config,
+            client,
+            metrics,
+            fs,
+            tuning,
+            instance,
+            identity,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let probe = tokio::spawn(probe_loop(
+            fs.clone(),
+            tuning.probe_interval,
+            stop_rx.clone(),
+        ));
+
+        let (leader, elector) = if config.enable_leader_election {
+            let namespace = leader::lease_namespace_from_env(config.lease_namespace.as_deref());
+            let name = leader::lease_name(&config.provisioner_name);
+            tracing::info!(lease = %name, %namespace, %identity, "Leader election enabled");
+            let (elector, handle) =
+                LeaseElector::new(client.clone(), &namespace, &name, &identity, tuning.leader);
+            let m = metrics.clone();
+            let task =
+                tokio::spawn(elector.run(stopped(stop_rx.clone()), move |l| m.set_leader(l)));
+            (handle, Some(task))
+        } else {
+            metrics.set_leader(true);
+            (LeaderHandle::always(), None)
+        };
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                _ = leader.acquired() => {}
+            }
+            tracing::info!(provisioner = %config.provisioner_name, "Provisioning started");
+            let parts = Parts {
+                client: client.clone(),
+                config: config.clone(),
+                fs: fs.clone(),
+                leader: leader.clone(),
+                metrics: metrics.clone(),
+                instance: instance.clone(),
+            };
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                _ = leader.lost() => {
+                    tracing::warn!("Lost the Lease: provisioning stopped");
+                }
+                () = run_controllers(parts, tuning) => {
+                    break Err(anyhow::anyhow!("the provisioner controllers stopped unexpectedly"));
+                }
+            }
+        };
+        let _ = stop_tx.send(true);
+        if let Some(task) = elector {
+            // Releases the Lease; bounded so shutdown cannot hang on a dead API server.
+            let _ = tokio::time::timeout(tuning.leader.call_timeout * 2, task).await;
+        }
+        probe.abort();
+        tracing::info!("Provisioner stopped");
+        result
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn probe_loop(fs: VolumeRoot, interval: Duration, mut stop: watch::Receiver<bool>) {
+    if let Ok(false) = fs.is_mount_point().await {
+        tracing::warn!(
+            root = %fs.root().display(),
+            "The NFS root is not a mount point: volumes would be created on this container's own filesystem"
+        );
+    }
+    let mut was_ok = None;
+    loop {
+        let result = fs.probe().await;
+        let ok = result.is_ok();
+        if was_ok != Some(ok) {
+            match &result {
+                Ok(()) => tracing::info!(root = %fs.root().display(), "NFS mount is healthy"),
+                Err(e) => {
+                    tracing::error!(root = %fs.root().display(), error = %e, "NFS mount is not usable")
+                }
+            }
+            was_ok = Some(ok);
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// What the controllers share, before their caches exist.
+struct Parts {
+    client: Client,
+    config: Config,
+    fs: VolumeRoot,
+    leader: LeaderHandle,
+    metrics: Metrics,
+    instance: String,
+}
+
+/// Runs the StorageClass reflector, both controllers and the usage walker until dropped.
+async fn run_controllers(parts: Parts, tuning: Tuning) {
+    let Parts {
+        client,
+        config,
+        fs,
+        leader,
+        metrics,
+        instance,
+    } = parts;
+    let (class_reader, class_writer) = reflector::store::<StorageClass>();
+    let classes = reflector(
+        class_writer,
+        watcher(
+            Api::<StorageClass>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "StorageClass watch failed; retrying");
+        }
+    });
+    let controller_config = controller::Config::default().concurrency(tuning.concurrency);
+    let volumes = Controller::new(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller_config.clone());
+    let claims = Controller::new(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller_config);
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            reconcile::reporter(&config.provisioner_name, &instance),
+        ),
+        client,
+        config,
+        classes: class_reader,
+        volumes: volumes.store(),
+        fs,
+        leader,
+        metrics,
+        backoff: RetryBackoff::default(),
+        sync_timeout: tuning.sync_timeout,
+    });
+    let run_volumes = volumes
+        .run(
+            reconcile::reconcile_volume,
+            reconcile::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(|r| async move { log_outcome("PersistentVolume", r) });
+    let run_claims = claims
+        .run(
+            reconcile::reconcile_claim,
+            reconcile::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(|r| async move { log_outcome("PersistentVolumeClaim", r) });
+    let walker = usage_loop(Arc::clone(&ctx), tuning);
+    tokio::join!(classes, run_volumes, run_claims, walker);
+}
+
+fn log_outcome<K, E: std::fmt::Display, Q: std::fmt::Display>(
+    kind: &str,
+    r: Result<(reflector::ObjectRef<K>, Action), controller::Error<E, Q>>,
+) where
+    K: kube::Resource,
+{
+    match r {
+        Ok((obj, _)) => tracing::trace!(kind, name = %obj.name, "Reconciled"),
+        Err(controller::Error::ObjectNotFound(_)) => {}
+        Err(e) => tracing::debug!(kind, error = %e, "Reconcile failed"),
+    }
+}
+
+async fn usage_loop(ctx: Arc<Context>, tuning: Tuning) {
+    if ctx.volumes.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut known = HashSet::new();
+    loop {
+        let measured = reconcile::measure_volumes(&ctx, tuning.walk_limits, &mut known).await;
+        tracing::debug!(volumes = measured.len(), "Measured volume usage");
+        tokio::time::sleep(tuning.walk_interval).await;
+    }
+}
+
+/// `kube-persist provisioner`: builds the client (`KUBECONFIG` or in-cluster), serves the admin
+/// port (`config.admin_listen`: `/livez`, `/readyz`, `/metrics`, plain HTTP) and runs the
+/// provisioner until `shutdown` resolves.
+pub async fn run_standalone(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let admin_listen = config.admin_listen;
+    let client = Client::try_default().await.context(
+        "cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)",
+    )?;
+    let mut registry = Registry::default();
+    let provisioner = Provisioner::new(config, client, &mut registry);
+    let readiness = provisioner.readiness();
+    let listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on --provisioner-admin-listen {admin_listen}"))?;
+    tracing::info!(addr = %admin_listen, "Admin port listening (/livez, /readyz, /metrics)");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let admin = axum::serve(listener, admin_router(readiness, Arc::new(registry)))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let admin = async move { admin.await.context("admin port failed") };
+    let (admin, run) = tokio::join!(admin, provisioner.run(stopped(stop_rx)));
+    run.and(admin)
+}
+
+/// The admin routes: `/livez` (always 200), `/readyz` (200 when [`Readiness::is_ready`], else
+/// 503 with the reason), `/metrics` (OpenMetrics text of `registry`).
+pub fn admin_router(readiness: Readiness, registry: Arc<Registry>) -> axum::Router {
+    crate::server::admin::router(crate::server::admin::AdminState {
+        registry,
+        ready: Arc::new(move || readiness.reason()),
+        components: Vec::new(),
+    })
+}

@@ -1458,10 +1458,45 @@ fn the_alerts_cover_webhook_errors_latency_provisioning_and_volume_usage() {
         // provisioning failures
         "kube_persist_provisioner_failures_total",
         // volume usage near its request
-        "kube_persist_provisioner_volume_used_bytes",
-        "kube_persist_provisioner_volume_capacity_bytes",
+        "kube_persist_volume_used_bytes",
+        "kube_persist_volume_requested_bytes",
     ] {
         assert!(covered(metric), "no alert uses {metric}");
+    }
+    // Every kube-persist metric an alert names is one the code registers.
+    let mut registry = prometheus_client::registry::Registry::default();
+    // Families only show once they have a series: give each one.
+    let server = kube_persist::metrics::WebhookMetrics::register(&mut registry);
+    server.reload("policy", true);
+    server.error("malformed_json");
+    server
+        .requests
+        .get_or_create(&kube_persist::metrics::RequestLabels {
+            kind: "Prometheus",
+            operation: "CREATE",
+            decision: "mutated",
+        })
+        .inc();
+    let provisioner = kube_persist::provisioner::metrics::Metrics::new(&mut registry);
+    let op = kube_persist::provisioner::metrics::Operation::Provision;
+    provisioner.success(op, std::time::Duration::from_millis(1));
+    provisioner.failure(op, "test", None);
+    provisioner.set_requested("pv", 1);
+    provisioner.set_used("pv", 1, true);
+    let exposed = kube_persist::metrics::render(&registry);
+    let named = regex::Regex::new(r"kube_persist_\w+").expect("regex");
+    for e in &exprs {
+        for m in named.find_iter(e) {
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| m.as_str().strip_suffix(s))
+                .unwrap_or(m.as_str());
+            assert!(
+                exposed.contains(&format!("# TYPE {base} ")),
+                "the alert expression {e:?} names {}, which the code does not export:\n{exposed}",
+                m.as_str()
+            );
+        }
     }
     // Alerts that name the webhook use the name it is deployed with.
     let hook_name = webhook(docs).name;

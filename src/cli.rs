@@ -184,6 +184,10 @@ pub struct MutateArgs {
     /// Exit 1 when any object would be mutated or lacks persistent storage (a CI gate).
     #[arg(long)]
     pub check: bool,
+    /// Namespace assumed for namespaced objects that set none (as `kubectl apply -n`); policy
+    /// namespace exclusions and overrides apply to it.
+    #[arg(long, short = 'n', default_value = "default", env = "KUBE_PERSIST_NAMESPACE")]
+    pub namespace: String,
 }
 
 /// Output of `kube-persist scan`.

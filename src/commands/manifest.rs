@@ -199,7 +199,9 @@ impl RawDocument {
     }
 }
 
-fn strip_location(message: &str) -> &str {
+/// `message` without a trailing ` at line L[,] column C` (positions relative to a document or to
+/// a synthetic review mean nothing to the user).
+pub fn strip_location(message: &str) -> &str {
     message
         .rsplit_once(" at line ")
         .map_or(message, |(text, _)| text)
@@ -218,7 +220,13 @@ pub fn parse_yaml(text: &str) -> Result<Value, (Option<usize>, String)> {
             .and_then(|l| usize::try_from(l.line()).ok())
             .filter(|l| *l > 0);
         let message = e.without_snippet().to_string();
-        (line, message)
+        // The location is reported against the file by the caller; the library's advice on
+        // its own options means nothing to a user.
+        let message = strip_location(&message);
+        let message = message
+            .split_once(", set DuplicateKeyPolicy")
+            .map_or(message, |(m, _)| m);
+        (line, message.to_string())
     })
 }
 

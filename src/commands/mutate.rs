@@ -158,7 +158,7 @@ pub fn execute<W: Write, L: Write>(config: &Config, out: W, log: L) -> io::Resul
 
 fn summary_line(s: &Summary, check: bool) -> String {
     let mut line = format!(
-        "kube-persist mutate: {} objects: {} changed, {} at risk, {} with invalid annotations, {} input errors",
+        "kube-persist mutate: objects {}, changed {}, at risk {}, invalid annotations {}, input errors {}",
         s.objects, s.changed, s.at_risk, s.invalid, s.errors
     );
     if check {
@@ -266,7 +266,8 @@ impl<W: Write, L: Write> Run<'_, W, L> {
             Err(e) => return self.object_error(label, e.to_string()),
         };
         if decided.decision.outcome == Outcome::Error {
-            return self.object_error(label, decided.decision.reason);
+            let reason = manifest::strip_location(&decided.decision.reason).to_string();
+            return self.object_error(label, reason);
         }
         let changes = decided.changes();
         let gap = meta

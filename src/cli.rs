@@ -186,7 +186,12 @@ pub struct MutateArgs {
     pub check: bool,
     /// Namespace assumed for namespaced objects that set none (as `kubectl apply -n`); policy
     /// namespace exclusions and overrides apply to it.
-    #[arg(long, short = 'n', default_value = "default", env = "KUBE_PERSIST_NAMESPACE")]
+    #[arg(
+        long,
+        short = 'n',
+        default_value = "default",
+        env = "KUBE_PERSIST_NAMESPACE"
+    )]
     pub namespace: String,
 }
 

@@ -81,9 +81,8 @@ pub fn of(target: Target, object: &Value, policy: &Policy) -> Option<Gap> {
                     let empty_dir = v.get("emptyDir")?;
                     let name = v.get("name")?.as_str()?;
                     let memory = empty_dir.get("medium").and_then(Value::as_str) == Some("Memory");
-                    let data = !memory
-                        && !policy.stateful_sets.is_excluded_volume(name)
-                        && mounted(name);
+                    let data =
+                        !memory && !policy.stateful_sets.is_excluded_volume(name) && mounted(name);
                     data.then(|| name.to_string())
                 })
                 .collect();
@@ -133,7 +132,10 @@ mod tests {
         assert_eq!(cr(json!({})), Some(Gap::NoStorage));
         assert_eq!(cr(json!({"storage": null})), Some(Gap::NoStorage));
         assert_eq!(cr(json!({"storage": {}})), Some(Gap::EmptyDir));
-        assert_eq!(cr(json!({"storage": {"emptyDir": {}}})), Some(Gap::EmptyDir));
+        assert_eq!(
+            cr(json!({"storage": {"emptyDir": {}}})),
+            Some(Gap::EmptyDir)
+        );
         assert_eq!(
             cr(json!({"storage": {"volumeClaimTemplate": {"spec": {}}}})),
             None
@@ -171,7 +173,10 @@ mod tests {
             gap.unwrap().to_string(),
             "no volumeClaimTemplates: data in emptyDir data"
         );
-        assert_eq!(sts(template(json!([{"name": "tmp", "emptyDir": {}}]))), None);
+        assert_eq!(
+            sts(template(json!([{"name": "tmp", "emptyDir": {}}]))),
+            None
+        );
         let mut with_claims = template(json!([{"name": "data", "emptyDir": {}}]));
         with_claims["volumeClaimTemplates"] = json!([{"metadata": {"name": "x"}}]);
         assert_eq!(sts(with_claims), None);

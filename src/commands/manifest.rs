@@ -76,35 +76,27 @@ impl InputError {
     }
 }
 
-/// Expands `paths` into inputs: directories recursively (manifest extensions only, sorted by
-/// name, each directory once even through symbolic links), files as given, `-` as standard
-/// input. Paths that cannot be read are returned as errors; the others are still listed.
-pub fn expand(paths: &[PathBuf]) -> (Vec<Input>, Vec<InputError>) {
+/// Expands `paths` into inputs, in order: directories recursively (manifest extensions only,
+/// sorted by name, each directory once even through symbolic links), files as given, `-` as
+/// standard input. A path that cannot be read takes its place in the order as an error.
+pub fn expand(paths: &[PathBuf]) -> Vec<Result<Input, InputError>> {
     let mut inputs = Vec::new();
-    let mut errors = Vec::new();
     let mut seen_dirs = HashSet::new();
     for path in paths {
         if path.as_os_str() == "-" {
-            inputs.push(Input::Stdin);
+            inputs.push(Ok(Input::Stdin));
             continue;
         }
         match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => {
-                walk(path, &mut seen_dirs, &mut inputs, &mut errors);
-            }
-            Ok(_) => inputs.push(Input::File(path.clone())),
-            Err(e) => errors.push(InputError::new(path.display(), e.to_string())),
+            Ok(meta) if meta.is_dir() => walk(path, &mut seen_dirs, &mut inputs),
+            Ok(_) => inputs.push(Ok(Input::File(path.clone()))),
+            Err(e) => inputs.push(Err(InputError::new(path.display(), e.to_string()))),
         }
     }
-    (inputs, errors)
+    inputs
 }
 
-fn walk(
-    dir: &Path,
-    seen: &mut HashSet<PathBuf>,
-    inputs: &mut Vec<Input>,
-    errors: &mut Vec<InputError>,
-) {
+fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, inputs: &mut Vec<Result<Input, InputError>>) {
     if let Ok(canonical) = dir.canonicalize()
         && !seen.insert(canonical)
     {
@@ -113,7 +105,7 @@ fn walk(
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            errors.push(InputError::new(dir.display(), e.to_string()));
+            inputs.push(Err(InputError::new(dir.display(), e.to_string())));
             return;
         }
     };
@@ -121,16 +113,16 @@ fn walk(
     for entry in entries {
         match entry {
             Ok(entry) => paths.push(entry.path()),
-            Err(e) => errors.push(InputError::new(dir.display(), e.to_string())),
+            Err(e) => inputs.push(Err(InputError::new(dir.display(), e.to_string()))),
         }
     }
     paths.sort();
     for path in paths {
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => walk(&path, seen, inputs, errors),
-            Ok(_) if is_manifest_name(&path) => inputs.push(Input::File(path)),
+            Ok(meta) if meta.is_dir() => walk(&path, seen, inputs),
+            Ok(_) if is_manifest_name(&path) => inputs.push(Ok(Input::File(path))),
             Ok(_) => {}
-            Err(e) => errors.push(InputError::new(path.display(), e.to_string())),
+            Err(e) => inputs.push(Err(InputError::new(path.display(), e.to_string()))),
         }
     }
 }
@@ -356,7 +348,9 @@ impl Iterator for Documents {
                 if let Some(size) = chunk.too_large {
                     return Some(Err(InputError::new(
                         location(),
-                        format!("document larger than {MAX_DOCUMENT_BYTES} bytes ({size} bytes or more)"),
+                        format!(
+                            "document larger than {MAX_DOCUMENT_BYTES} bytes ({size} bytes or more)"
+                        ),
                     )));
                 }
                 Some(match String::from_utf8(chunk.bytes) {
@@ -628,16 +622,16 @@ mod tests {
         assert_eq!(texts.concat(), text, "nothing lost, nothing added");
         let indexes: Vec<Option<usize>> = out.iter().map(|d| d.as_ref().unwrap().index).collect();
         assert_eq!(indexes, vec![None, Some(1), Some(2), None, Some(3)]);
-        let lines: Vec<usize> = out
-            .iter()
-            .map(|d| d.as_ref().unwrap().first_line)
-            .collect();
+        let lines: Vec<usize> = out.iter().map(|d| d.as_ref().unwrap().first_line).collect();
         assert_eq!(lines, vec![1, 2, 5, 8, 10]);
         let third = out[4].as_ref().unwrap();
         let err = third.parse().unwrap_err();
         assert!(err.starts_with("invalid YAML at line 1"), "{err}");
         assert_eq!(out[1].as_ref().unwrap().parse().unwrap(), json!({"a": 1}));
-        assert_eq!(out[1].as_ref().unwrap().yaml_header(), "---\n# Source: a.yaml\n");
+        assert_eq!(
+            out[1].as_ref().unwrap().yaml_header(),
+            "---\n# Source: a.yaml\n"
+        );
     }
 
     #[test]
@@ -654,7 +648,10 @@ mod tests {
     #[test]
     fn kubernetes_yaml_conventions() {
         let v = parse_yaml("mode: 0755\nflag: yes\nport: \"8080\"\nname: on-call\n").unwrap();
-        assert_eq!(v, json!({"mode": 493, "flag": true, "port": "8080", "name": "on-call"}));
+        assert_eq!(
+            v,
+            json!({"mode": 493, "flag": true, "port": "8080", "name": "on-call"})
+        );
     }
 
     #[test]
@@ -692,11 +689,13 @@ mod tests {
 
     #[test]
     fn binary_and_non_utf8_input_is_refused_with_its_location() {
-        let reader: Box<dyn BufRead> = Box::new(io::Cursor::new(b"\x7fELF\x02\x01\x00\x00".to_vec()));
+        let reader: Box<dyn BufRead> =
+            Box::new(io::Cursor::new(b"\x7fELF\x02\x01\x00\x00".to_vec()));
         let err = Documents::new("bin".to_string(), reader).err().unwrap();
         assert_eq!(err.location, "bin");
         assert!(err.problem.contains("binary"), "{err}");
-        let reader: Box<dyn BufRead> = Box::new(io::Cursor::new(b"a: 1\n---\nb: \xff\xfe\n".to_vec()));
+        let reader: Box<dyn BufRead> =
+            Box::new(io::Cursor::new(b"a: 1\n---\nb: \xff\xfe\n".to_vec()));
         let out: Vec<_> = Documents::new("latin1.yaml".to_string(), reader)
             .unwrap()
             .collect();
@@ -724,20 +723,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("b/c")).unwrap();
-        for name in ["b/c/z.yml", "b/a.json", "a.yaml", "README.md", "b/c/.x.yaml"] {
+        for name in [
+            "b/c/z.yml",
+            "b/a.json",
+            "a.yaml",
+            "README.md",
+            "b/c/.x.yaml",
+        ] {
             std::fs::write(root.join(name), "{}").unwrap();
         }
         let missing = root.join("missing.yaml");
-        let (inputs, errors) = expand(&[root.to_path_buf(), missing.clone(), PathBuf::from("-")]);
+        let inputs = expand(&[root.to_path_buf(), missing.clone(), PathBuf::from("-")]);
         let names: Vec<String> = inputs
             .iter()
             .map(|i| match i {
-                Input::File(p) => p.strip_prefix(root).unwrap().display().to_string(),
-                Input::Stdin => "-".to_string(),
+                Ok(Input::File(p)) => p.strip_prefix(root).unwrap().display().to_string(),
+                Ok(Input::Stdin) => "-".to_string(),
+                Err(e) => format!("error {}", e.location),
             })
             .collect();
-        assert_eq!(names, ["a.yaml", "b/a.json", "b/c/.x.yaml", "b/c/z.yml", "-"]);
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].location, missing.display().to_string());
+        let missing = format!("error {}", missing.display());
+        assert_eq!(
+            names,
+            [
+                "a.yaml",
+                "b/a.json",
+                "b/c/.x.yaml",
+                "b/c/z.yml",
+                &missing,
+                "-"
+            ]
+        );
     }
 }

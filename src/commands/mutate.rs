@@ -124,12 +124,8 @@ pub fn execute<W: Write, L: Write>(config: &Config, out: W, log: L) -> io::Resul
         log,
         summary: Summary::default(),
     };
-    let (inputs, errors) = manifest::expand(&config.paths);
-    for error in errors {
-        run.error(&error)?;
-    }
-    for input in &inputs {
-        let documents = match manifest::documents(input) {
+    for input in manifest::expand(&config.paths) {
+        let documents = match input.and_then(|input| manifest::documents(&input)) {
             Ok(documents) => documents,
             Err(error) => {
                 run.error(&error)?;
@@ -276,12 +272,10 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         // Opting out is judged as on CREATE: an UPDATE that is merely not allowed to add
         // storage does not make the object safe.
         let create_outcome = match (&gap, config.operation) {
-            (Some(_), OperationArg::Update) if !changes => {
-                match decide(OperationArg::Create) {
-                    Ok(created) => created.decision.outcome,
-                    Err(e) => return self.object_error(label, e.to_string()),
-                }
-            }
+            (Some(_), OperationArg::Update) if !changes => match decide(OperationArg::Create) {
+                Ok(created) => created.decision.outcome,
+                Err(e) => return self.object_error(label, e.to_string()),
+            },
             _ => decided.decision.outcome,
         };
         let at_risk = !changes && gap::at_risk(gap.as_ref(), changes, create_outcome);
@@ -320,7 +314,12 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         Ok(None)
     }
 
-    fn log_object(&mut self, label: &str, decided: &Decided, gap: Option<&gap::Gap>) -> io::Result<()> {
+    fn log_object(
+        &mut self,
+        label: &str,
+        decided: &Decided,
+        gap: Option<&gap::Gap>,
+    ) -> io::Result<()> {
         let d = &decided.decision;
         let mut line = format!(
             "{label} {}: {} ({})",
@@ -372,7 +371,10 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         let diff = similar::TextDiff::from_lines(&old, &new)
             .unified_diff()
             .context_radius(3)
-            .header(&format!("{label} {ident}"), &format!("{label} {ident} (mutated)"))
+            .header(
+                &format!("{label} {ident}"),
+                &format!("{label} {ident} (mutated)"),
+            )
             .to_string();
         self.stream.raw(&diff)
     }
@@ -456,7 +458,10 @@ mod tests {
         };
         assert_eq!(changed.exit_code(false), 0);
         assert_eq!(changed.exit_code(true), 1);
-        let at_risk = Summary { at_risk: 1, ..clean };
+        let at_risk = Summary {
+            at_risk: 1,
+            ..clean
+        };
         assert_eq!(at_risk.exit_code(true), 1);
         let broken = Summary {
             errors: 1,

@@ -13,6 +13,8 @@
 //!
 //! Only the golden files depend on StatefulSet decisions; every other assertion holds whatever
 //! the engine decides for StatefulSets.
+// Helpers outside #[test] functions are test code too (clippy.toml allows unwrap in tests).
+#![allow(clippy::unwrap_used)]
 
 use std::{
     collections::BTreeSet,

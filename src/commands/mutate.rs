@@ -432,7 +432,7 @@ impl<W: Write, L: Write> Run<'_, W, L> {
 fn list_items(value: &mut Value) -> Option<(Option<TypeMeta>, &mut Vec<Value>)> {
     let meta = TypeMeta::of(value)?;
     let item_kind = meta.kind.strip_suffix("List")?.to_string();
-    let inherited = (!item_kind.is_empty()).then(|| TypeMeta {
+    let inherited = (!item_kind.is_empty()).then_some(TypeMeta {
         kind: item_kind,
         ..meta
     });

@@ -587,3 +587,49 @@ fn lists_are_decided_item_by_item_and_written_back_as_lists() {
         "5Gi"
     );
 }
+
+#[test]
+fn standard_input_is_processed_document_by_document() {
+    // Each document is decided (its line on standard error) before the next one is even
+    // written: the command streams instead of reading its whole input first.
+    use std::{io::BufRead as _, sync::mpsc, time::Duration};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-persist"))
+        .args(["mutate", "-f", "-"])
+        .env_remove("KUBE_PERSIST_POLICY")
+        .env_remove("KUBE_PERSIST_NAMESPACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (lines, received) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    for i in 1..=3 {
+        write!(
+            stdin,
+            "apiVersion: monitoring.coreos.com/v1\nkind: Prometheus\nmetadata: {{name: p{i}, namespace: m}}\n---\n"
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        let line = received
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("document {i} was not decided before the input ended"));
+        assert!(
+            line.starts_with(&format!("<stdin>#{i} Prometheus m/p{i}: mutated")),
+            "{line}"
+        );
+        // Its warning line.
+        received.recv_timeout(Duration::from_secs(20)).unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+}

@@ -113,6 +113,15 @@ const GOLDEN: &[(&str, &[&str])] = &[
         "edge-as-json",
         &["-f", "edge", "-o", "json", "-n", "team-a"],
     ),
+    (
+        "mixed",
+        &[
+            "-f",
+            "json/prometheus.json",
+            "-f",
+            "kube-prometheus/thanosRuler-thanosRuler.yaml",
+        ],
+    ),
 ];
 
 #[test]
@@ -485,6 +494,11 @@ fn bad_inputs() -> tempfile::TempDir {
         "apiVersion: monitoring.coreos.com/v1\nkind: Alertmanager\nmetadata: {name: am, namespace: m}\n",
     )
     .unwrap();
+    std::fs::write(
+        root.join("g-nokind.json"),
+        "{\"apiVersion\": \"v1\"}\n{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\", \"metadata\": {\"name\": \"c\"}}\n",
+    )
+    .unwrap();
     dir
 }
 
@@ -508,7 +522,9 @@ fn bad_input_is_reported_by_file_and_document_and_the_rest_is_processed() {
         "error: ./d-truncated.json#1: invalid JSON: EOF while parsing",
         "error: ./e-dangling.yaml: No such file or directory",
         "./f-good.yaml#1 Alertmanager m/am: mutated (added 100Gi volume)",
-        "kube-persist mutate: objects 4, changed 2, at risk 0, invalid annotations 0, input errors 9",
+        "error: ./g-nokind.json#1: not a Kubernetes object: apiVersion or kind is missing",
+        "./g-nokind.json#2 ConfigMap default/c: unchanged (not a target kind)",
+        "kube-persist mutate: objects 5, changed 2, at risk 0, invalid annotations 0, input errors 10",
     ] {
         assert!(
             stderr.contains(expected),
@@ -526,6 +542,12 @@ fn bad_input_is_reported_by_file_and_document_and_the_rest_is_processed() {
         "{stdout}"
     );
     assert!(stdout.contains("name: am"), "{stdout}");
+    // The stream is YAML (its first document is): the JSON documents are converted, the one
+    // that could not be processed is kept as it was (JSON is YAML).
+    assert!(
+        stdout.ends_with("---\n{\"apiVersion\": \"v1\"}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n"),
+        "{stdout}"
+    );
     // Input errors take precedence over the check's verdict.
     let out = mutate_in(dir.path(), &["-f", ".", "--check"], None);
     assert_eq!(code(&out), 2);

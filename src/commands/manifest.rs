@@ -252,7 +252,8 @@ enum Source {
 
 impl Documents {
     /// Reads from `reader`, reporting errors under `name`. Refuses binary input (a NUL byte
-    /// among the first bytes) and decides between JSON (first character `{`) and YAML.
+    /// among the first bytes). A `.yaml` or `.yml` file is YAML (JSON is valid YAML too);
+    /// anything else is JSON when its first character is `{`, else YAML.
     pub fn new(name: String, mut reader: Box<dyn BufRead>) -> Result<Documents, InputError> {
         let head = reader
             .fill_buf()
@@ -269,7 +270,10 @@ impl Documents {
             .unwrap_or(head)
             .iter()
             .find(|b| !b.is_ascii_whitespace());
-        let source = if first == Some(&b'{') {
+        let yaml_name = Path::new(&name)
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml");
+        let source = if first == Some(&b'{') && !yaml_name {
             let mut bytes = Vec::new();
             reader
                 .take(MAX_DOCUMENT_BYTES as u64 + 1)
@@ -685,6 +689,20 @@ mod tests {
         assert_eq!(second.index, Some(2));
         let err = out[2].as_ref().unwrap_err();
         assert_eq!(err.location, "f.json#3");
+    }
+
+    #[test]
+    fn yaml_files_may_hold_flow_mappings_and_json() {
+        let reader: Box<dyn BufRead> =
+            Box::new(io::Cursor::new(b"{a: 1}\n---\n{\"b\": 2}\n".to_vec()));
+        let out: Vec<_> = Documents::new("flow.yaml".to_string(), reader)
+            .unwrap()
+            .map(|d| d.unwrap())
+            .collect();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|d| d.format == Format::Yaml));
+        assert_eq!(out[0].parse().unwrap(), json!({"a": 1}));
+        assert_eq!(out[1].parse().unwrap(), json!({"b": 2}));
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub fn run(args: MutateArgs) -> anyhow::Result<ExitCode> {
 pub fn execute<W: Write, L: Write>(config: &Config, out: W, log: L) -> io::Result<Summary> {
     let mut run = Run {
         config,
+        auto_format: None,
         stream: Stream::new(out),
         log,
         summary: Summary::default(),
@@ -169,6 +170,8 @@ fn summary_line(s: &Summary, check: bool) -> String {
 
 struct Run<'c, W, L> {
     config: &'c Config,
+    /// The output format chosen by the first document when `--output` is not given.
+    auto_format: Option<Format>,
     stream: Stream<W>,
     log: L,
     summary: Summary,
@@ -278,7 +281,8 @@ impl<W: Write, L: Write> Run<'_, W, L> {
             },
             _ => decided.decision.outcome,
         };
-        let at_risk = !changes && gap::at_risk(gap.as_ref(), changes, create_outcome);
+        // Objects the webhook changes are counted as changed, not as at risk.
+        let at_risk = !changes && gap::at_risk(gap.as_ref(), false, create_outcome);
         let before = (config.output == Some(MutateOutput::Diff) && !decided.patch().is_empty())
             .then(|| object.clone());
         if let Err(e) = json_patch::patch(object, decided.patch()) {
@@ -379,23 +383,31 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         self.stream.raw(&diff)
     }
 
-    /// The format a document is written in, if it is written at all.
-    fn format_of(&self, document: &RawDocument) -> Option<Format> {
+    /// The format a document is written in, if it is written at all. Without `--output`, the
+    /// first document's format is the stream's (kubectl reads a stream as JSON or as YAML by its
+    /// first character), and documents of the other format are converted.
+    fn format_of(&mut self, document: &RawDocument) -> Option<Format> {
         match self.config.output {
-            None => Some(document.format),
+            None => Some(*self.auto_format.get_or_insert(document.format)),
             Some(MutateOutput::Yaml) => Some(Format::Yaml),
             Some(MutateOutput::Json) => Some(Format::Json),
             Some(MutateOutput::Patch | MutateOutput::Diff) => None,
         }
     }
 
-    /// Writes a document that could not be processed as it was read (YAML output only: its
-    /// text is kept, so nothing is lost; the exit code reports the problem).
+    /// Writes a document that could not be processed as it was read, where the output format
+    /// allows (JSON text is a valid YAML document, not the reverse): nothing is lost, and the
+    /// exit code reports the problem.
     fn echo(&mut self, document: &RawDocument) -> io::Result<()> {
-        if document.format == Format::Yaml && self.format_of(document) == Some(Format::Yaml) {
-            self.stream.document(Format::Yaml, &document.text)?;
+        match (self.format_of(document), document.format) {
+            (Some(Format::Yaml), Format::Yaml) => {
+                self.stream.document(Format::Yaml, &document.text)
+            }
+            (Some(format), Format::Json) => self
+                .stream
+                .document(format, &format!("{}\n", document.text)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes a processed document: unchanged ones exactly as read when the format allows,

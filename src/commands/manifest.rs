@@ -364,10 +364,14 @@ impl Iterator for Documents {
                         text,
                         first_line,
                     }),
-                    Err(e) => Err(InputError::new(
-                        location(),
-                        format!("not UTF-8 text: {}", e.utf8_error()),
-                    )),
+                    Err(e) => {
+                        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                        let line = first_line + valid.iter().filter(|b| **b == b'\n').count();
+                        Err(InputError::new(
+                            location(),
+                            format!("not UTF-8 text (line {line})"),
+                        ))
+                    }
                 })
             }
         }
@@ -548,13 +552,13 @@ pub fn to_json(value: &Value) -> String {
     text
 }
 
-/// Writes a stream of documents, separating them as their formats require: `---` before any
-/// YAML document that follows another document, and before any document that follows a YAML
-/// one (a JSON document is valid YAML). JSON documents that follow each other are simply
-/// concatenated, as `kubectl` reads them.
+/// Writes a stream of documents of one format: YAML documents separated by `---` lines (unless
+/// they bring their own, or the previous one ended with `...`), JSON documents concatenated, as
+/// `kubectl` reads them.
 pub struct Stream<W> {
     out: W,
-    last: Option<Format>,
+    /// A YAML document was written and not closed by `...`: the next one needs a `---`.
+    open: bool,
     newline: bool,
 }
 
@@ -563,31 +567,27 @@ impl<W: Write> Stream<W> {
     pub fn new(out: W) -> Self {
         Stream {
             out,
-            last: None,
+            open: false,
             newline: true,
         }
     }
 
-    /// Writes one document. `text` may start with its own `---` line.
+    /// Writes one document. A YAML `text` may start with its own `---` line.
     pub fn document(&mut self, format: Format, text: &str) -> io::Result<()> {
         if !self.newline {
             self.out.write_all(b"\n")?;
         }
-        let separated = self.last.is_some()
-            && (self.last == Some(Format::Yaml) || format == Format::Yaml)
-            && marker(text.as_bytes()) != Some(Marker::Start);
-        if separated {
+        if self.open && marker(text.as_bytes()) != Some(Marker::Start) {
             self.out.write_all(b"---\n")?;
         }
         self.out.write_all(text.as_bytes())?;
         self.newline = text.is_empty() || text.ends_with('\n');
-        // A document closed by `...` needs no further separator.
         let closed = text
             .trim_end()
             .rsplit('\n')
             .next()
             .is_some_and(|l| marker(l.as_bytes()) == Some(Marker::End));
-        self.last = if closed { None } else { Some(format) };
+        self.open = format == Format::Yaml && !closed;
         Ok(())
     }
 
@@ -720,20 +720,25 @@ mod tests {
         assert!(out[0].is_ok());
         let err = out[1].as_ref().unwrap_err();
         assert_eq!(err.location, "latin1.yaml#2 (line 2)");
-        assert!(err.problem.contains("UTF-8"), "{err}");
+        assert_eq!(err.problem, "not UTF-8 text (line 3)");
     }
 
     #[test]
-    fn the_stream_separates_documents_as_their_formats_need() {
+    fn the_stream_separates_yaml_documents_and_concatenates_json() {
         let mut stream = Stream::new(Vec::new());
         stream.document(Format::Yaml, "a: 1").unwrap();
         stream.document(Format::Yaml, "---\nb: 2\n").unwrap();
-        stream.document(Format::Json, "{}\n").unwrap();
         stream.document(Format::Yaml, "c: 3\n...\n").unwrap();
+        stream.document(Format::Yaml, "d: 4\n").unwrap();
+        stream.document(Format::Yaml, "# e\n").unwrap();
+        let out = String::from_utf8(stream.finish().unwrap()).unwrap();
+        assert_eq!(out, "a: 1\n---\nb: 2\n---\nc: 3\n...\nd: 4\n---\n# e\n");
+        let mut stream = Stream::new(Vec::new());
         stream.document(Format::Json, "{}\n").unwrap();
+        stream.document(Format::Json, "{\"a\": 1}").unwrap();
         stream.document(Format::Json, "{}\n").unwrap();
         let out = String::from_utf8(stream.finish().unwrap()).unwrap();
-        assert_eq!(out, "a: 1\n---\nb: 2\n---\n{}\n---\nc: 3\n...\n{}\n{}\n");
+        assert_eq!(out, "{}\n{\"a\": 1}\n{}\n");
     }
 
     #[test]

@@ -150,9 +150,9 @@ pub enum MutateOutput {
     Yaml,
     /// The mutated manifests as JSON.
     Json,
-    /// The JSON Patch of each object.
+    /// The JSON Patch of each changed object, one JSON line each.
     Patch,
-    /// A unified diff per object.
+    /// A unified diff of the YAML rendering of each changed object.
     Diff,
 }
 
@@ -175,7 +175,7 @@ pub struct MutateArgs {
     /// Policy file (YAML). Without it the built-in defaults apply.
     #[arg(long, env = "KUBE_PERSIST_POLICY")]
     pub policy: Option<PathBuf>,
-    /// What to print.
+    /// What to print (default: the manifests, in the format of the first input document).
     #[arg(long, short = 'o', value_enum)]
     pub output: Option<MutateOutput>,
     /// The admission operation to simulate.

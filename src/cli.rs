@@ -158,9 +158,9 @@ pub enum MutateOutput {
     Yaml,
     /// The mutated manifests as JSON.
     Json,
-    /// The JSON Patch of each object.
+    /// The JSON Patch of each changed object, one JSON line each.
     Patch,
-    /// A unified diff per object.
+    /// A unified diff of the YAML rendering of each changed object.
     Diff,
 }
 
@@ -183,7 +183,7 @@ pub struct MutateArgs {
     /// Policy file (YAML). Without it the built-in defaults apply.
     #[arg(long, env = "KUBE_PERSIST_POLICY")]
     pub policy: Option<PathBuf>,
-    /// What to print.
+    /// What to print (default: the manifests, in the format of the first input document).
     #[arg(long, short = 'o', value_enum)]
     pub output: Option<MutateOutput>,
     /// The admission operation to simulate.
@@ -192,6 +192,15 @@ pub struct MutateArgs {
     /// Exit 1 when any object would be mutated or lacks persistent storage (a CI gate).
     #[arg(long)]
     pub check: bool,
+    /// Namespace assumed for namespaced objects that set none (as `kubectl apply -n`); policy
+    /// namespace exclusions and overrides apply to it.
+    #[arg(
+        long,
+        short = 'n',
+        default_value = "default",
+        env = "KUBE_PERSIST_NAMESPACE"
+    )]
+    pub namespace: String,
 }
 
 /// Output of `kube-persist scan`.

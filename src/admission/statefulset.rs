@@ -539,6 +539,26 @@ fn describe(claims: &[Claim<'_, '_>]) -> String {
     }
 }
 
+/// Shorter forms of [`describe`], for warnings: `volumes data, wal`, then `2 volumes of 100Gi`
+/// or `3 volumes up to 500Gi`.
+fn shorter_descriptions(claims: &[Claim<'_, '_>]) -> Vec<String> {
+    let Some(largest) = claims.iter().map(|c| &c.size).max_by_key(|s| s.bytes()) else {
+        return Vec::new();
+    };
+    let uniform = claims.iter().all(|c| c.size.bytes() == largest.bytes());
+    let names: Vec<&str> = claims.iter().map(|c| c.name).collect();
+    let count = if uniform {
+        format!("{} volumes of {}", claims.len(), largest.as_str())
+    } else {
+        format!("{} volumes up to {}", claims.len(), largest.as_str())
+    };
+    if claims.len() > 1 {
+        vec![format!("volumes {}", names.join(", ")), count]
+    } else {
+        Vec::new()
+    }
+}
+
 /// A claim template: name, provenance annotation, and the storage.
 fn claim_template(name: &str, size: &Quantity, storage: &StorageSpec<'_>) -> Value {
     json!({
@@ -685,7 +705,30 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> De
         },
         _ => gate.storage.clone(),
     };
-    let mut d = propose(&ident, policy, &storage, ops, &what, warnings);
+    let mut d = propose(
+        &ident,
+        policy,
+        &storage,
+        ops.clone(),
+        &what,
+        warnings.clone(),
+    );
+    // A warning that lists many volumes is cut at the end, where the class and the object are
+    // named: list fewer details instead (the reason keeps the full list).
+    for shorter in shorter_descriptions(&claims) {
+        if !d.warnings.first().is_some_and(|w| w.ends_with("...")) {
+            break;
+        }
+        d = propose(
+            &ident,
+            policy,
+            &storage,
+            ops.clone(),
+            &shorter,
+            warnings.clone(),
+        );
+        d.reason = d.reason.replacen(&shorter, &what, 1);
+    }
     for c in claims.iter().filter(|c| c.raised) {
         d.reason
             .push_str(&format!("; {} raised to its emptyDir sizeLimit", c.name));
@@ -1540,9 +1583,15 @@ mod tests {
         }));
         let (d, response) = create(&object);
         assert!(
-            d.warnings[0].contains("added volumes data (200Gi), wal (100Gi), small (100Gi) on"),
-            "{:?}",
-            d.warnings
+            d.reason
+                .starts_with("added volumes data (200Gi), wal (100Gi), small (100Gi);"),
+            "{}",
+            d.reason
+        );
+        // Too long for a warning line with the sizes: the names only.
+        assert_eq!(
+            d.warnings[0],
+            "kube-persist: added volumes data, wal, small on StorageClass prometheus-data-db (StatefulSet default/redis)"
         );
         assert!(
             d.reason.contains("data raised to its emptyDir sizeLimit"),
@@ -1640,6 +1689,40 @@ mod tests {
             let (d, _) = run(op, &object, &Policy::default());
             assert!(d.warnings.len() >= 2, "{op}: {:?}", d.warnings);
         }
+    }
+
+    #[test]
+    fn many_volumes_are_counted_so_the_warning_keeps_class_and_object() {
+        let names: Vec<String> = (0..6).map(|i| format!("volume-number-{i}")).collect();
+        let mounts: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "/x")).collect();
+        let volumes: Vec<Value> = names.iter().map(|n| empty_dir(n)).collect();
+        let object = sts(json!({"containers": [container("app", &mounts)], "volumes": volumes}));
+        let (d, _) = create(&object);
+        assert_eq!(
+            d.warnings,
+            [
+                "kube-persist: added 6 volumes of 100Gi on StorageClass prometheus-data-db (StatefulSet default/redis)"
+            ]
+        );
+        assert!(
+            d.reason
+                .starts_with("added 100Gi volumes volume-number-0, volume-number-1,"),
+            "{}",
+            d.reason
+        );
+        let audit = Policy::from_yaml("mode: audit", "p").unwrap();
+        let (d, _) = run("CREATE", &object, &audit);
+        assert!(
+            d.warnings[0].ends_with("(StatefulSet default/redis)"),
+            "{:?}",
+            d.warnings
+        );
+        assert!(
+            d.reason
+                .starts_with("audit mode: would add 100Gi volumes volume-number-0,"),
+            "{}",
+            d.reason
+        );
     }
 
     // ---- helpers ----

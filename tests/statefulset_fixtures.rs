@@ -18,8 +18,15 @@ use statefulset_support::{Checked, check, review_of};
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/statefulsets");
 const BENCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bench");
 
-/// Every fixture of `DIR`, with its expected outcome and claims `(name, size)`.
-const EXPECTED: &[(&str, Outcome, &[(&str, &str)])] = &[
+/// A fixture, its expected outcome and the claims `(name, size)` it gets.
+type Expected = (
+    &'static str,
+    Outcome,
+    &'static [(&'static str, &'static str)],
+);
+
+/// Every fixture of `DIR`.
+const EXPECTED: &[Expected] = &[
     (
         "redis-bitnami-master.yaml",
         Outcome::Mutated,
@@ -113,10 +120,10 @@ fn assert_outcome(name: &str, checked: &Checked, outcome: Outcome, claims: &[(&s
         })
         .map(|c| {
             (
-                c["metadata"]["name"].as_str().unwrap(),
+                c["metadata"]["name"].as_str().expect("a name"),
                 c["spec"]["resources"]["requests"]["storage"]
                     .as_str()
-                    .unwrap(),
+                    .expect("a size"),
             )
         })
         .collect();
@@ -132,7 +139,7 @@ fn volume_names(object: &Value) -> Vec<&str> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|v| v["name"].as_str().unwrap())
+        .map(|v| v["name"].as_str().expect("a name"))
         .collect()
 }
 

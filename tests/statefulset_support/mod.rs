@@ -60,7 +60,7 @@ fn pod(object: &Value) -> &Value {
     &object["spec"]["template"]["spec"]
 }
 
-fn items<'v>(value: &'v Value) -> impl Iterator<Item = &'v Value> {
+fn items(value: &Value) -> impl Iterator<Item = &Value> {
     value.as_array().into_iter().flatten()
 }
 

@@ -705,29 +705,20 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> De
         },
         _ => gate.storage.clone(),
     };
-    let mut d = propose(
-        &ident,
-        policy,
-        &storage,
-        ops.clone(),
-        &what,
-        warnings.clone(),
-    );
+    let mut d = propose(&ident, policy, &storage, ops, &what, warnings);
     // A warning that lists many volumes is cut at the end, where the class and the object are
-    // named: list fewer details instead (the reason keeps the full list).
-    for shorter in shorter_descriptions(&claims) {
-        if !d.warnings.first().is_some_and(|w| w.ends_with("...")) {
-            break;
+    // named: name fewer details on that line instead (the reason keeps the full list).
+    let cut = |d: &Decision| d.warnings.first().is_some_and(|w| w.ends_with("..."));
+    if cut(&d) {
+        for shorter in shorter_descriptions(&claims) {
+            let line = propose(&ident, policy, &storage, Vec::new(), &shorter, Vec::new());
+            if let (Some(first), Some(line)) = (d.warnings.first_mut(), line.warnings.first()) {
+                first.clone_from(line);
+            }
+            if !cut(&d) {
+                break;
+            }
         }
-        d = propose(
-            &ident,
-            policy,
-            &storage,
-            ops.clone(),
-            &shorter,
-            warnings.clone(),
-        );
-        d.reason = d.reason.replacen(&shorter, &what, 1);
     }
     for c in claims.iter().filter(|c| c.raised) {
         d.reason

@@ -37,6 +37,12 @@ fn review(c: &mut Criterion) {
                 black_box(reviewed.response.len())
             })
         });
+        group.bench_function("decode only", |b| {
+            b.iter(|| {
+                let (_, request) = admission::decode(black_box(body)).expect("valid");
+                black_box(request.uid.len())
+            })
+        });
         group.bench_function("serde_json skip (floor)", |b| {
             b.iter(|| serde_json::from_slice::<IgnoredAny>(black_box(body)).expect("JSON"))
         });

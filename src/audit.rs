@@ -3,12 +3,12 @@
 //! [`AuditRecord::new`] is a pure function of the request and the decision; it never holds
 //! object contents (no Secret data, no whole objects), only identity, decision and the patch
 //! operations. [`AuditLog`] writes the lines from a dedicated thread through a buffer, one write
-//! per burst of lines, so the log never becomes the webhook's bottleneck.
+//! per batch of lines, so the log never becomes the webhook's bottleneck.
 
 use std::{
     io::{self, Write},
     path::Path,
-    sync::mpsc::{self, Receiver, SyncSender},
+    sync::{Arc, Condvar, Mutex, PoisonError},
     thread::JoinHandle,
     time::Duration,
 };
@@ -120,11 +120,11 @@ impl<'a> AuditRecord<'a> {
         }
     }
 
-    /// The record as one JSON line, newline included.
-    pub fn to_line(&self) -> Vec<u8> {
-        let mut line = serde_json::to_vec(self).unwrap_or_default();
-        line.push(b'\n');
-        line
+    /// Appends the record as one JSON line, newline included, to `out`.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        if serde_json::to_writer(&mut *out, self).is_ok() {
+            out.push(b'\n');
+        }
     }
 }
 
@@ -136,22 +136,61 @@ pub enum AuditTarget<'p> {
     File(&'p Path),
 }
 
-/// The audit log writer: a thread that drains a bounded channel into a buffered writer.
+/// How long a line may wait in memory before it is written.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// A buffer this full is written at once.
+const FLUSH_AT: usize = 256 * 1024;
+/// Above this, request handlers wait for the writer (backpressure instead of unbounded memory).
+const MAX_PENDING: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct Pending {
+    lines: Vec<u8>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Signalled when the buffer is full or the log closes.
+    full: Condvar,
+    /// Signalled when the writer took the buffer.
+    drained: Condvar,
+}
+
+/// The audit log writer: request handlers append lines to a shared buffer (no system call on
+/// the request path); a thread writes the buffer out every 20 ms, or sooner when it fills.
 #[derive(Debug)]
 pub struct AuditLog {
-    tx: SyncSender<Vec<u8>>,
+    shared: Arc<Shared>,
     thread: JoinHandle<()>,
 }
 
 /// A cheap handle to send lines to the [`AuditLog`].
 #[derive(Debug, Clone)]
-pub struct AuditSender(SyncSender<Vec<u8>>);
+pub struct AuditSender(Arc<Shared>);
 
 impl AuditSender {
-    /// Queues one line (blocks only when 64k lines are already waiting).
-    pub fn send(&self, line: Vec<u8>) {
-        if self.0.send(line).is_err() {
-            tracing::error!("Audit log writer has stopped; audit line dropped");
+    /// Appends one line (waits only when 32 MiB are already pending).
+    pub fn send(&self, line: &[u8]) {
+        let shared = &self.0;
+        let mut pending = shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while pending.lines.len() > MAX_PENDING && !pending.closed {
+            pending = shared
+                .drained
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if pending.closed {
+            tracing::error!("Audit log is closed; audit line dropped");
+            return;
+        }
+        pending.lines.extend_from_slice(line);
+        if pending.lines.len() >= FLUSH_AT {
+            shared.full.notify_one();
         }
     }
 }
@@ -174,49 +213,77 @@ impl AuditLog {
                     })?,
             ),
         };
-        let (tx, rx) = mpsc::sync_channel(65_536);
+        let shared = Arc::new(Shared::default());
+        let writer = shared.clone();
         let thread = std::thread::Builder::new()
             .name("audit-log".to_string())
-            .spawn(move || write_lines(rx, io::BufWriter::with_capacity(64 * 1024, out)))?;
-        Ok(AuditLog { tx, thread })
+            .spawn(move || write_lines(&writer, out))?;
+        Ok(AuditLog { shared, thread })
     }
 
     /// A handle for request handlers.
     pub fn sender(&self) -> AuditSender {
-        AuditSender(self.tx.clone())
+        AuditSender(self.shared.clone())
     }
 
-    /// Flushes every queued line and stops the writer. Call after all senders are dropped.
+    /// Writes every pending line and stops the writer.
     pub fn close(self) {
-        let AuditLog { tx, thread } = self;
-        drop(tx);
+        let AuditLog { shared, thread } = self;
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        shared.full.notify_one();
         if thread.join().is_err() {
             tracing::error!("Audit log writer panicked");
         }
     }
 }
 
-fn write_lines(rx: Receiver<Vec<u8>>, mut out: io::BufWriter<Box<dyn Write + Send>>) {
+fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
     let mut failing = false;
-    while let Ok(line) = rx.recv() {
-        let mut result = out.write_all(&line);
-        while let Ok(line) = rx.try_recv() {
-            if result.is_ok() {
-                result = out.write_all(&line);
+    let mut batch = Vec::new();
+    loop {
+        let closed = {
+            let mut pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pending.lines.len() < FLUSH_AT && !pending.closed {
+                pending = shared
+                    .full
+                    .wait_timeout(pending, FLUSH_EVERY)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            std::mem::swap(&mut batch, &mut pending.lines);
+            pending.closed
+        };
+        shared.drained.notify_all();
+        if !batch.is_empty() {
+            let result = out.write_all(&batch).and_then(|()| out.flush());
+            batch.clear();
+            match (result, failing) {
+                (Err(e), false) => {
+                    tracing::error!(error = %e, "Cannot write the audit log");
+                    failing = true;
+                }
+                (Ok(()), true) => {
+                    tracing::info!("Audit log writable again");
+                    failing = false;
+                }
+                _ => {}
             }
         }
-        let result = result.and_then(|()| out.flush());
-        match (result, failing) {
-            (Err(e), false) => {
-                tracing::error!(error = %e, "Cannot write the audit log");
-                failing = true;
+        if closed {
+            let pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pending.lines.is_empty() {
+                return;
             }
-            (Ok(()), true) => {
-                tracing::info!("Audit log writable again");
-                failing = false;
-            }
-            _ => {}
         }
     }
-    let _ = out.flush();
 }

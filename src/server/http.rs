@@ -220,7 +220,9 @@ fn answer(state: &WebhookState, body: &Bytes) -> Response {
         .inc();
     state.metrics.duration.observe(elapsed.as_secs_f64());
     let record = AuditRecord::new(request, decision, jiff::Timestamp::now(), elapsed);
-    state.audit.send(record.to_line());
+    let mut line = Vec::with_capacity(1024);
+    record.write_line(&mut line);
+    state.audit.send(&line);
     tracing::debug!(
         uid = %request.uid,
         kind = %request.kind.kind,

@@ -48,7 +48,9 @@ fn custom_resources() -> Vec<(String, Value)> {
                 continue;
             }
             for (i, doc) in documents(&path).into_iter().enumerate() {
-                if doc["apiVersion"].as_str().is_some_and(|a| a.starts_with("monitoring.coreos.com/"))
+                if doc["apiVersion"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("monitoring.coreos.com/"))
                     && common::crd::plural_of(doc["kind"].as_str().unwrap_or_default()).is_some()
                 {
                     let name = format!("{}#{}", path.strip_prefix(&root).unwrap().display(), i + 1);
@@ -82,15 +84,24 @@ fn every_custom_resource_fixture_keeps_the_invariants() {
         let mutated = apply_patch(&object, &response);
         if outcome == Outcome::Mutated {
             mutated_kinds.insert(object["kind"].as_str().unwrap().to_string());
-            assert!(!mutated["spec"]["storage"].is_null(), "{name}: storage added");
+            assert!(
+                !mutated["spec"]["storage"].is_null(),
+                "{name}: storage added"
+            );
         } else {
-            assert_eq!(mutated, object, "{name}: {outcome:?} must not change the object");
+            assert_eq!(
+                mutated, object,
+                "{name}: {outcome:?} must not change the object"
+            );
         }
         if common::crd::check(&object).is_ok() {
             common::crd::check(&mutated).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let (again, response) = decide(&mutated, "CREATE", "again", &policy);
-        assert!(response["response"].get("patch").is_none(), "{name}: second patch ({again:?})");
+        assert!(
+            response["response"].get("patch").is_none(),
+            "{name}: second patch ({again:?})"
+        );
 
         // An adopted UPDATE of the same object decides like a CREATE.
         let mut adopted = object.clone();
@@ -99,14 +110,22 @@ fn every_custom_resource_fixture_keeps_the_invariants() {
         if outcome == Outcome::Mutated {
             assert_eq!(update, Outcome::Mutated, "{name}");
             let updated = apply_patch(&adopted, &response);
-            assert_eq!(updated["spec"]["storage"], mutated["spec"]["storage"], "{name}");
+            assert_eq!(
+                updated["spec"]["storage"], mutated["spec"]["storage"],
+                "{name}"
+            );
         }
     }
     assert_eq!(
         mutated_kinds,
-        ["Alertmanager", "Prometheus", "PrometheusAgent", "ThanosRuler"]
-            .map(String::from)
-            .into(),
+        [
+            "Alertmanager",
+            "Prometheus",
+            "PrometheusAgent",
+            "ThanosRuler"
+        ]
+        .map(String::from)
+        .into(),
         "every kind is covered by a fixture that gets storage ({} fixtures)",
         fixtures.len()
     );

@@ -33,7 +33,11 @@ fn publish(dir: &Path, name: &str, cert: &str, key: &str) {
 }
 
 fn der(pem: &str) -> Vec<u8> {
-    CertificateDer::pem_slice_iter(pem.as_bytes()).next().unwrap().unwrap().to_vec()
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
 }
 
 const PER_CLIENT: usize = 700;
@@ -46,7 +50,11 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
     let first = kube_persist::certs::generate(&kube_persist::certs::dev_options()).unwrap();
     let second = kube_persist::certs::generate(&kube_persist::certs::dev_options()).unwrap();
     // The client trusts both CAs, as a caBundle does during a CA rollover.
-    std::fs::write(dir.join("ca.crt"), format!("{}{}", first.ca_cert_pem, second.ca_cert_pem)).unwrap();
+    std::fs::write(
+        dir.join("ca.crt"),
+        format!("{}{}", first.ca_cert_pem, second.ca_cert_pem),
+    )
+    .unwrap();
     publish(dir, "v1", &first.cert_pem, &first.key_pem);
     // `Webhook::start` passes dir/tls.crt and dir/tls.key: make those follow `current`.
     std::os::unix::fs::symlink("current/tls.crt", dir.join("tls.crt")).unwrap();
@@ -66,7 +74,9 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
         clients.push(tokio::spawn(async move {
             let mut failures = Vec::new();
             for _ in 0..PER_CLIENT {
-                match tokio::time::timeout(Duration::from_secs(10), client.review(body.clone())).await {
+                match tokio::time::timeout(Duration::from_secs(10), client.review(body.clone()))
+                    .await
+                {
                     Ok(Ok(answer)) if answer["response"]["uid"] == uid => {}
                     other => failures.push(format!("{other:?}")),
                 }
@@ -82,17 +92,28 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
     // New connections get the new certificate (bounded wait for the next poll).
     let mut rotated = false;
     for _ in 0..100 {
-        let c = Client::connect(webhook.addr, &webhook.ca_pem, Proto::H1).await.unwrap();
+        let c = Client::connect(webhook.addr, &webhook.ca_pem, Proto::H1)
+            .await
+            .unwrap();
         if c.peer_cert == der(&second.cert_pem) {
             rotated = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(rotated, "the new certificate was not served: {}", webhook.stderr());
+    assert!(
+        rotated,
+        "the new certificate was not served: {}",
+        webhook.stderr()
+    );
     for client in clients {
         let failures = client.await.unwrap();
-        assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
     }
     let total = 4 * PER_CLIENT;
 
@@ -100,15 +121,30 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
     publish(dir, "v3", &first.cert_pem, &second.key_pem);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !webhook.stderr().contains("New certificate rejected") {
-        assert!(std::time::Instant::now() < deadline, "no rejection logged: {}", webhook.stderr());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejection logged: {}",
+            webhook.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut c = Client::connect(webhook.addr, &webhook.ca_pem, Proto::H2).await.unwrap();
+    let mut c = Client::connect(webhook.addr, &webhook.ca_pem, Proto::H2)
+        .await
+        .unwrap();
     assert_eq!(c.peer_cert, der(&second.cert_pem));
-    assert_eq!(c.review(body.clone()).await.unwrap()["response"]["uid"], uid);
+    assert_eq!(
+        c.review(body.clone()).await.unwrap()["response"]["uid"],
+        uid
+    );
     let (_, metrics) = webhook.admin_get("/metrics").await;
-    assert!(metrics.contains("kube_persist_reloads_total{what=\"certificate\",result=\"success\"} 1"), "{metrics}");
-    assert!(metrics.contains("kube_persist_reloads_total{what=\"certificate\",result=\"failure\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("kube_persist_reloads_total{what=\"certificate\",result=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kube_persist_reloads_total{what=\"certificate\",result=\"failure\"} 1"),
+        "{metrics}"
+    );
 
     // SIGTERM with a request in flight: half its body is sent before the signal, the rest after.
     let config = Arc::new(common::client_config(&webhook.ca_pem, &[b"http/1.1"]));
@@ -127,7 +163,13 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
     tls.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pid = webhook.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     // Readiness fails and new connections are refused while the old one drains.
     let mut refused = false;
     for _ in 0..100 {

@@ -284,16 +284,13 @@ fn an_invalid_policy_or_certificate_refuses_to_start() {
     common::write_certs(dir.path());
     std::fs::write(dir.path().join("policy.yaml"), "size: 10Xi\n").unwrap();
     let run = |extra: &[&str]| {
-        let mut args: Vec<String> = [
+        let mut args = common::args(&[
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let out = std::process::Command::new(common::binary())
             .args(&args)
@@ -332,7 +329,7 @@ fn an_invalid_policy_or_certificate_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dev_certificate_is_generated_when_none_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = [
+    let args = common::args(&[
         "--log-format",
         "json",
         "serve",
@@ -340,10 +337,7 @@ async fn a_dev_certificate_is_generated_when_none_is_given() {
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let (mut child, _lines, rx) = common::spawn(&args, dir.path());
     let listening = common::wait_for_line(&rx, Duration::from_secs(20), |v| {
         v["message"] == "Listening"

@@ -557,4 +557,6 @@ struct AuditAnnotations<'a> {
 }
 
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;

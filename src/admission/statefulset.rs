@@ -773,7 +773,7 @@ fn on_update(ident: &Ident<'_>, plan: &Plan<'_>, what: &str) -> Decision {
 
 #[cfg(test)]
 mod tests {
-    use base64::Engine as _;
+    use super::super::testing::{apply, paths};
     use serde_json::{Value, json};
 
     use super::*;
@@ -871,28 +871,6 @@ mod tests {
 
     fn create(object: &Value) -> (Decision, Value) {
         run("CREATE", object, &Policy::default())
-    }
-
-    fn paths(d: &Decision) -> Vec<String> {
-        d.patch
-            .iter()
-            .map(|op| match op {
-                PatchOperation::Add(a) => format!("add {}", a.path),
-                PatchOperation::Remove(r) => format!("remove {}", r.path),
-                other => format!("{other:?}"),
-            })
-            .collect()
-    }
-
-    /// Applies the response's patch, as the API server would.
-    fn apply(object: &Value, response: &Value) -> Value {
-        let mut doc = object.clone();
-        if let Some(p) = response["response"]["patch"].as_str() {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
-            let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-            json_patch::patch(&mut doc, &patch).unwrap();
-        }
-        doc
     }
 
     /// Applies, checks that a second pass changes nothing, and returns the result.

@@ -1,9 +1,11 @@
 //! Table tests of the engine over hand-written reviews of the Prometheus-Operator kinds.
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::*;
+use super::{
+    testing::{apply, paths},
+    *,
+};
 
 fn review_of(kind: &str, version: &str, op: &str, object: Value, old: Option<Value>) -> Vec<u8> {
     let mut request = json!({
@@ -46,28 +48,6 @@ fn decide(body: &[u8], policy: &Policy) -> (Decision, Value) {
     let reviewed = review(body, policy).expect("a valid review");
     let response: Value = serde_json::from_slice(&reviewed.response).unwrap();
     (reviewed.decision, response)
-}
-
-fn paths(d: &Decision) -> Vec<String> {
-    d.patch
-        .iter()
-        .map(|op| match op {
-            PatchOperation::Add(a) => format!("add {}", a.path),
-            PatchOperation::Remove(r) => format!("remove {}", r.path),
-            other => format!("{other:?}"),
-        })
-        .collect()
-}
-
-/// Applies the response's patch to `object`, as the API server would.
-fn apply(object: &Value, response: &Value) -> Value {
-    let mut doc = object.clone();
-    if let Some(p) = response["response"]["patch"].as_str() {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-        json_patch::patch(&mut doc, &patch).unwrap();
-    }
-    doc
 }
 
 #[test]

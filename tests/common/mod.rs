@@ -60,6 +60,11 @@ pub struct Webhook {
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
+/// Owned command-line arguments.
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 /// The binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_kube-persist")

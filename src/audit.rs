@@ -142,11 +142,14 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const FLUSH_AT: usize = 256 * 1024;
 /// Above this, request handlers wait for the writer (backpressure instead of unbounded memory).
 const MAX_PENDING: usize = 32 * 1024 * 1024;
+/// The longest a request handler waits for a stalled audit output.
+const MAX_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
 struct Pending {
     lines: Vec<u8>,
     closed: bool,
+    dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -171,18 +174,32 @@ pub struct AuditLog {
 pub struct AuditSender(Arc<Shared>);
 
 impl AuditSender {
-    /// Appends one line (waits only when 32 MiB are already pending).
+    /// Appends one line. When 32 MiB are already pending (the output is stalled), waits up to
+    /// [`MAX_WAIT`] for the writer, then drops the line with an error rather than block the
+    /// request any longer.
     pub fn send(&self, line: &[u8]) {
         let shared = &self.0;
         let mut pending = shared
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let deadline = std::time::Instant::now() + MAX_WAIT;
         while pending.lines.len() > MAX_PENDING && !pending.closed {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                pending.dropped += 1;
+                if pending.dropped.is_power_of_two() {
+                    tracing::error!(
+                        dropped = pending.dropped,
+                        "Audit output stalled; audit lines dropped"
+                    );
+                }
+                return;
+            };
             pending = shared
                 .drained
-                .wait(pending)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(pending, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         if pending.closed {
             tracing::error!("Audit log is closed; audit line dropped");

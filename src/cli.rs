@@ -100,6 +100,13 @@ pub struct ServeArgs {
     /// On SIGTERM, in-flight requests get this many seconds to finish.
     #[arg(long, default_value = "25", value_parser = parse_seconds, env = "KUBE_PERSIST_DRAIN_TIMEOUT")]
     pub drain_timeout: Duration,
+    /// On SIGTERM, keep accepting for this many seconds (with /readyz failing) so the endpoints
+    /// controller and the API server stop sending requests before the port closes. 0 disables.
+    #[arg(long, default_value = "5", value_parser = parse_delay, env = "KUBE_PERSIST_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Duration,
+    /// Most webhook connections served at once; further clients wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, env = "KUBE_PERSIST_MAX_CONNECTIONS")]
+    pub max_connections: usize,
     /// Also run the NFS provisioner controller in this process.
     #[arg(long, env = "KUBE_PERSIST_PROVISIONER")]
     pub provisioner: bool,
@@ -258,10 +265,17 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         .trim_end_matches('s')
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!("`{s}` must be between 0 and 86400 seconds"));
+    if !(secs.is_finite() && (0.01..=86_400.0).contains(&secs)) {
+        return Err(format!("`{s}` must be between 0.01 and 86400 seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches('s') == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s)
 }
 
 /// Validated configuration of `kube-persist serve`.
@@ -287,6 +301,10 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Drain deadline on shutdown.
     pub drain_timeout: Duration,
+    /// Time between SIGTERM and closing the listener.
+    pub shutdown_delay: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
     /// The provisioner to run beside the webhook, if any.
     pub provisioner: Option<provisioner::Config>,
 }
@@ -317,6 +335,9 @@ pub enum ConfigError {
     /// `--max-body` too small to hold any review.
     #[error("--max-body must be at least 1024 bytes (got {0})")]
     MaxBodyTooSmall(usize),
+    /// `--max-connections 0`.
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
     /// A provisioner flag is invalid.
     #[error(transparent)]
     Provisioner(#[from] provisioner::ConfigError),
@@ -338,6 +359,8 @@ impl ServeArgs {
             header_timeout,
             idle_timeout,
             drain_timeout,
+            shutdown_delay,
+            max_connections,
             provisioner,
             provisioner_args,
         } = self;
@@ -351,6 +374,9 @@ impl ServeArgs {
         };
         if max_body < 1024 {
             return Err(ConfigError::MaxBodyTooSmall(max_body));
+        }
+        if max_connections == 0 {
+            return Err(ConfigError::NoConnections);
         }
         let provisioner = if provisioner {
             Some(provisioner_args.into_config()?)
@@ -368,6 +394,8 @@ impl ServeArgs {
             header_timeout,
             idle_timeout,
             drain_timeout,
+            shutdown_delay,
+            max_connections,
             provisioner,
         })
     }
@@ -430,6 +458,8 @@ mod tests {
     #[test]
     fn durations_must_be_positive_seconds() {
         assert!(parse(&["serve", "--idle-timeout", "0"]).is_err());
+        assert!(parse(&["serve", "--idle-timeout", "1e-9"]).is_err());
+        assert!(parse(&["serve", "--shutdown-delay", "0"]).is_ok());
         assert!(parse(&["serve", "--idle-timeout", "abc"]).is_err());
         assert!(parse(&["serve", "--idle-timeout", "1.5"]).is_ok());
     }

@@ -125,6 +125,9 @@ pub fn parse_bytes(text: &str) -> Result<u128, QuantityError> {
                 return Err(too_large());
             }
         }
+    } else if exp10 < -40 {
+        // Far below one byte (and -exp10 could overflow): round up to one.
+        return Ok(1);
     } else {
         let mut divisor: u128 = 1;
         for _ in 0..(-exp10) {
@@ -215,6 +218,8 @@ mod tests {
             ("1500m", 2),
             (".5Ki", 512),
             ("1Ei", 1 << 60),
+            ("1e-2147483648", 1),
+            ("5e-50", 1),
         ];
         for (text, bytes) in cases {
             assert_eq!(parse_bytes(text), Ok(*bytes), "{text}");

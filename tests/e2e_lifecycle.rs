@@ -59,7 +59,7 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
     // `Webhook::start` passes dir/tls.crt and dir/tls.key: make those follow `current`.
     std::os::unix::fs::symlink("current/tls.crt", dir.join("tls.crt")).unwrap();
     std::os::unix::fs::symlink("current/tls.key", dir.join("tls.key")).unwrap();
-    let mut webhook = Webhook::start(dir, &[]);
+    let mut webhook = Webhook::start(dir, &["--shutdown-delay", "1"]);
     let body = bytes::Bytes::from(fixture("reviews/a-prometheus.json"));
     let uid = serde_json::from_slice::<Value>(&body).unwrap()["request"]["uid"].clone();
 
@@ -170,9 +170,26 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
             .unwrap()
             .success()
     );
-    // Readiness fails and new connections are refused while the old one drains.
+    // During the shutdown delay readiness fails but new requests are still answered ...
+    let mut unready = false;
+    for _ in 0..40 {
+        if webhook.admin_get("/readyz").await.0 == 503 {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(unready, "/readyz still ok after SIGTERM");
+    let mut late = Client::connect(webhook.addr, &webhook.ca_pem, Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(
+        late.review(body.clone()).await.unwrap()["response"]["uid"],
+        uid
+    );
+    // ... then new connections are refused while the old one drains.
     let mut refused = false;
-    for _ in 0..100 {
+    for _ in 0..250 {
         if tokio::net::TcpStream::connect(webhook.addr).await.is_err() {
             refused = true;
             break;
@@ -195,5 +212,5 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
 
     // Every answered review is in the audit log, flushed before exit.
     let audited = webhook.audit().len();
-    assert_eq!(audited, total + 1 + 1, "audit lines");
+    assert_eq!(audited, total + 1 + 1 + 1, "audit lines");
 }

@@ -99,7 +99,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn new(outcome: Outcome, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(outcome: Outcome, reason: impl Into<String>) -> Self {
         Decision {
             outcome,
             reason: reason.into(),
@@ -342,7 +342,8 @@ pub(crate) fn invalid(ident: &Ident<'_>, errors: &[AnnotationError], policy: &Po
     for e in errors {
         d = d.warn(format!("kube-persist: {ident} left unchanged: {e}"));
     }
-    if policy.strict {
+    // Audit mode never changes admission, not even under a strict policy.
+    if policy.strict && policy.mode_for(ident.namespace) == Mode::Enforce {
         d.denied = Some(format!(
             "kube-persist (strict policy): invalid annotation on {ident}: {reason}"
         ));

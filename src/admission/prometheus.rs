@@ -8,11 +8,11 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Decision, Ident, Request, gate, patch, propose,
+    Decision, Ident, Outcome, Request, gate, patch, propose,
     view::{ObjectView, Operation},
 };
 use crate::{
-    policy::{OnUpdate, Policy, RetentionPolicy},
+    policy::{Mode, OnUpdate, Policy, RetentionPolicy},
     quantity,
 };
 
@@ -131,8 +131,8 @@ pub fn decide(
             .as_ref()
             .and_then(|o| o.spec.as_ref())
             .and_then(|s| s.storage);
-        if let Some(old) = old_storage {
-            return keep_old_storage(&ident, policy, &gate, old.get());
+        if let (Some(old), Some(_)) = (old_storage, spec) {
+            return keep_old_storage(&ident, policy, old.get());
         }
         if !(gate.adopt || policy.on_update == OnUpdate::Mutate) {
             return Decision::skipped(
@@ -201,27 +201,28 @@ pub fn decide(
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply of the original manifest without
 /// it): removing storage would make the operator recreate the pods on emptyDir, so the old
 /// storage is put back verbatim. Setting `emptyDir` explicitly is the way to opt out.
-fn keep_old_storage(
-    ident: &Ident<'_>,
-    policy: &Policy,
-    gate: &super::Gate<'_>,
-    old: &str,
-) -> Decision {
+fn keep_old_storage(ident: &Ident<'_>, policy: &Policy, old: &str) -> Decision {
     let value: Value = match serde_json::from_str(old) {
         Ok(v) => v,
         Err(e) => return Decision::error(format!("cannot read oldObject.spec.storage: {e}")),
     };
-    let ops = vec![patch::add(patch::pointer(["spec", "storage"]), value)];
-    let mut d = propose(
-        ident,
-        policy,
-        &gate.storage,
-        ops,
-        "back the existing spec.storage",
-        gate.warnings.clone(),
-    );
-    d.reason = format!("{} (the UPDATE removed it)", d.reason);
-    d.storage = None;
+    let mut d = match policy.mode_for(ident.namespace) {
+        Mode::Enforce => Decision::new(
+            Outcome::Mutated,
+            "restored spec.storage, which the UPDATE removed",
+        )
+        .warn(format!(
+            "kube-persist: kept the existing spec.storage of {ident} (this UPDATE removed it)"
+        )),
+        Mode::Audit => Decision::new(
+            Outcome::WouldMutate,
+            "audit mode: would restore spec.storage, which the UPDATE removed",
+        )
+        .warn(format!(
+            "kube-persist: audit mode, would keep the existing spec.storage of {ident}"
+        )),
+    };
+    d.patch = vec![patch::add(patch::pointer(["spec", "storage"]), value)];
     d
 }
 

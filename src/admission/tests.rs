@@ -554,3 +554,61 @@ fn escaped_strings_decode_like_plain_ones() {
     let (d, _) = decide(body.as_bytes(), &Policy::default());
     assert_eq!(d.storage.unwrap().size, "50Gi");
 }
+
+#[test]
+fn strict_policy_does_not_deny_in_audit_mode() {
+    let object = with_annotations(
+        prometheus(json!({})),
+        json!({"kube-persist.io/size": "lots"}),
+    );
+    let body = review_of("Prometheus", "v1", "CREATE", object, None);
+    for yaml in [
+        "strict: true\nmode: audit",
+        "strict: true\nnamespaces: { monitoring: { mode: audit } }",
+    ] {
+        let (d, response) = decide(&body, &Policy::from_yaml(yaml, "p").unwrap());
+        assert_eq!(d.outcome, Outcome::Invalid);
+        assert_eq!(response["response"]["allowed"], true, "{yaml}");
+    }
+}
+
+#[test]
+fn update_without_spec_is_not_patched_below_a_missing_parent() {
+    let old = prometheus(json!({"storage": {"emptyDir": {}}}));
+    let mut object = prometheus(json!({}));
+    object.as_object_mut().unwrap().remove("spec");
+    let (d, response) = decide(
+        &review_of("Prometheus", "v1", "UPDATE", object.clone(), Some(old)),
+        &Policy::default(),
+    );
+    assert_ne!(d.outcome, Outcome::Mutated);
+    assert_eq!(apply(&object, &response), object);
+}
+
+#[test]
+fn restored_storage_is_described_as_such() {
+    let old = prometheus(
+        json!({"storage": {"volumeClaimTemplate": {"spec": {"storageClassName": "fast"}}}}),
+    );
+    let (d, _) = decide(
+        &review_of(
+            "Prometheus",
+            "v1",
+            "UPDATE",
+            prometheus(json!({"replicas": 1})),
+            Some(old),
+        ),
+        &Policy::default(),
+    );
+    assert_eq!(d.outcome, Outcome::Mutated);
+    assert!(
+        d.warnings[0].contains("kept the existing spec.storage"),
+        "{:?}",
+        d.warnings
+    );
+    assert!(
+        !d.warnings[0].contains("prometheus-data-db"),
+        "{:?}",
+        d.warnings
+    );
+}

@@ -99,7 +99,16 @@ async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Res
             &format!("body larger than --max-body ({} bytes)", state.max_body),
         )
     };
-    let body = match read_body(request.into_body(), state.max_body).await {
+    // A client that stalls mid-body must not hold a handler (and its memory) forever.
+    let read = tokio::time::timeout(BODY_TIME, read_body(request.into_body(), state.max_body));
+    let Ok(body) = read.await else {
+        state.metrics.error("body_timeout");
+        return plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        );
+    };
+    let body = match body {
         Ok(body) => body,
         Err(BodyError::TooLarge) => return too_large(),
         Err(BodyError::Read(e)) => {
@@ -128,6 +137,9 @@ enum BodyError {
 /// How much of an oversized body is read and thrown away so the client sees the 413 (closing a
 /// connection with unread bytes makes the kernel reset it, which can destroy the answer).
 const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
+/// How long reading a body may take (the API server gives a webhook at most 30 s, and
+/// kube-persist's configuration 5 s).
+const BODY_TIME: Duration = Duration::from_secs(15);
 /// How long discarding may take.
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
@@ -190,7 +202,22 @@ async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
 fn answer(state: &WebhookState, body: &Bytes) -> Response {
     let started = Instant::now();
     let policy = state.policy.load();
-    let reviewed = match admission::review(body, &policy) {
+    // The engine is total, but a bug must cost one request, not the connection and its audit.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        admission::review(body, &policy)
+    }));
+    let Ok(outcome) = outcome else {
+        state.metrics.error("internal");
+        tracing::error!(
+            bytes = body.len(),
+            "The admission engine panicked on a review"
+        );
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while deciding the review",
+        );
+    };
+    let reviewed = match outcome {
         Ok(reviewed) => reviewed,
         Err(e) => {
             let reason = match e {

@@ -133,6 +133,8 @@ impl Server {
             header_timeout,
             idle_timeout,
             drain_timeout,
+            shutdown_delay,
+            max_connections,
             provisioner,
         } = config;
         let audit = AuditLog::open(match &audit_log {
@@ -235,10 +237,24 @@ impl Server {
 
         let mut connections = JoinSet::new();
         let mut failure = None;
+        // After SIGTERM: keep serving (with /readyz failing) until this instant, so requests
+        // routed to us before the endpoints update are still answered.
+        let mut closing_at: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown, if closing_at.is_none() => {
+                    ready.store(false, Ordering::SeqCst);
+                    if shutdown_delay.is_zero() {
+                        break;
+                    }
+                    tracing::info!(delay = ?shutdown_delay, "Failing readiness; still serving until the delay passes");
+                    closing_at = Some(tokio::time::Instant::now() + shutdown_delay);
+                }
+                () = async { match closing_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                } } => break,
                 ended = async { match provisioner_task.as_mut() {
                     Some(task) => task.await,
                     None => std::future::pending().await,
@@ -252,7 +268,7 @@ impl Server {
                     break;
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = listener.accept() => {
+                accepted = listener.accept(), if connections.len() < max_connections => {
                     let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(e) => {
@@ -276,7 +292,7 @@ impl Server {
             }
         }
 
-        // Shutdown: fail readiness, stop accepting, let open connections finish their requests.
+        // Shutdown: stop accepting, let open connections finish their requests.
         tracing::info!(open = connections.len(), "Draining connections");
         ready.store(false, Ordering::SeqCst);
         drop(listener);
@@ -292,25 +308,37 @@ impl Server {
             );
             connections.abort_all();
         }
-        while background.join_next().await.is_some() {}
+        // The router (and its audit sender) is gone with the connections: flush the log first,
+        // so nothing below can keep an answered review out of it.
+        drop(service);
+        if tokio::task::spawn_blocking(move || audit.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("Audit log writer did not stop cleanly");
+        }
+        const JOIN_LIMIT: Duration = Duration::from_secs(5);
+        let _ = tokio::time::timeout(JOIN_LIMIT, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
         if let Some(task) = provisioner_task {
-            match task.await {
-                Ok(Err(e)) => tracing::error!(
+            match tokio::time::timeout(JOIN_LIMIT, task).await {
+                Ok(Ok(Err(e))) => tracing::error!(
                     error = format!("{e:#}"),
                     "Provisioner stopped with an error"
                 ),
-                Err(e) => tracing::error!(error = %e, "Provisioner task failed"),
-                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "Provisioner task failed"),
+                Err(_) => tracing::warn!("Provisioner did not stop in time"),
+                Ok(Ok(Ok(()))) => {}
             }
         }
-        match admin_task.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "Admin server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "Admin server task failed"),
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(JOIN_LIMIT, admin_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "Admin server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Admin server task failed"),
+            Err(_) => tracing::warn!("Admin server did not stop in time"),
+            Ok(Ok(Ok(()))) => {}
         }
-        // The router (and its audit sender) is gone with the connections: flush the log.
-        drop(service);
-        audit.close();
         tracing::info!("Stopped");
         failure.map_or(Ok(()), Err)
     }
@@ -353,7 +381,8 @@ async fn serve_connection(
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut draining = false;
-    let mut idle_check = tokio::time::interval(limits.idle_timeout / 4);
+    let mut idle_check =
+        tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(10)));
     idle_check.tick().await;
     loop {
         tokio::select! {

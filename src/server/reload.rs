@@ -47,7 +47,7 @@ pub async fn watch_policy(
             }
             Err(e) => {
                 metrics.reload("policy", false);
-                tracing::error!(error = %e, "Policy file rejected; the previous policy keeps serving");
+                tracing::error!(policy = %origin, error = %e, "Policy file rejected; the previous policy keeps serving");
             }
         }
         seen = text;
@@ -73,13 +73,21 @@ pub async fn watch_certificate(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut unreadable = false;
     while tick(interval, &mut stop).await {
         let (cert, key) = (files.cert.clone(), files.key.clone());
         let read = tokio::task::spawn_blocking(move || PemPair::read(&cert, &key)).await;
         let pair = match read {
-            Ok(Ok(pair)) => pair,
+            Ok(Ok(pair)) => {
+                unreadable = false;
+                pair
+            }
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "Certificate files not readable right now");
+                if !unreadable {
+                    metrics.reload("certificate", false);
+                    tracing::warn!(error = %e, "Cannot read the certificate files; the current certificate keeps serving");
+                    unreadable = true;
+                }
                 continue;
             }
             Err(_) => continue,

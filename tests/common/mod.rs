@@ -99,6 +99,9 @@ impl Webhook {
             args.push(flag.to_string());
             args.push(dir.join(file).display().to_string());
         }
+        if !extra.contains(&"--shutdown-delay") {
+            args.extend(["--shutdown-delay".to_string(), "0".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let (child, stderr, rx) = spawn(&args, dir);
         let listening = wait_for_line(&rx, Duration::from_secs(20), |v| {

@@ -690,3 +690,27 @@ fn responses_are_byte_for_byte_serde_json_on_every_fixture() {
         "705ab4f5\"é-6393-11e8-b7cc-42010a800002"
     );
 }
+
+#[test]
+fn optional_strings_borrow_from_the_body_unless_escaped() {
+    let body = include_bytes!("../../tests/fixtures/reviews/a-prometheus.json");
+    let (api_version, request) = decode(body).unwrap();
+    let meta = request.object.as_ref().unwrap().metadata.as_ref().unwrap();
+    for s in [
+        Some(&api_version),
+        request.name.as_ref(),
+        request.namespace.as_ref(),
+        request.user_info.username.as_ref(),
+        meta.name.as_ref(),
+        meta.namespace.as_ref(),
+    ] {
+        assert!(matches!(s, Some(Cow::Borrowed(_))), "{s:?}");
+    }
+    let escaped = String::from_utf8(body.to_vec()).unwrap().replacen(
+        r#""namespace":"monitoring""#,
+        r#""namespace":"monit\u006fring""#,
+        1,
+    );
+    let (_, request) = decode(escaped.as_bytes()).unwrap();
+    assert!(matches!(&request.namespace, Some(Cow::Owned(ns)) if ns == "monitoring"));
+}

@@ -24,7 +24,6 @@ use arc_swap::ArcSwap;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
@@ -216,7 +215,6 @@ impl Server {
             metrics: metrics.clone(),
             max_body,
         });
-        let service = TowerToHyperService::new(http::router(state));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -267,7 +265,7 @@ impl Server {
                         peer,
                         acceptor.clone(),
                         builder.clone(),
-                        service.clone(),
+                        state.clone(),
                         ConnLimits { header_timeout, idle_timeout },
                         metrics.clone(),
                         stop_rx.clone(),
@@ -308,8 +306,8 @@ impl Server {
             Err(e) => tracing::warn!(error = %e, "Admin server task failed"),
             Ok(Ok(())) => {}
         }
-        // The router (and its audit sender) is gone with the connections: flush the log.
-        drop(service);
+        // The handlers' state (and its audit sender) is gone with the connections: flush the log.
+        drop(state);
         audit.close();
         tracing::info!("Stopped");
         failure.map_or(Ok(()), Err)
@@ -328,7 +326,7 @@ async fn serve_connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     builder: auto::Builder<TokioExecutor>,
-    service: TowerToHyperService<axum::Router>,
+    state: Arc<http::WebhookState>,
     limits: ConnLimits,
     metrics: WebhookMetrics,
     mut stop: watch::Receiver<bool>,
@@ -350,7 +348,7 @@ async fn serve_connection(
     };
     metrics.connections.inc();
     let (io, activity) = io::Tracked::new(tls);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(io), http::service(state));
     tokio::pin!(conn);
     let mut draining = false;
     let mut idle_check = tokio::time::interval(limits.idle_timeout / 4);

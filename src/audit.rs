@@ -198,7 +198,7 @@ impl<'a> AuditRecord<'a> {
             json::str(out, w);
         }
         out.extend_from_slice(br#"],"durationMicros":"#);
-        out.extend_from_slice(duration_micros.to_string().as_bytes());
+        json::uint(out, *duration_micros);
         out.extend_from_slice(b"}\n");
     }
 }

@@ -24,6 +24,31 @@ pub(crate) fn str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Appends `a`, `sep` and `b` as one JSON string (`"a/b"`), without joining them first.
+pub(crate) fn str_pair(out: &mut Vec<u8>, a: &str, sep: char, b: &str) {
+    let mut buf = [0; 4];
+    let sep = sep.encode_utf8(&mut buf);
+    if needs_no_escape(a.as_bytes())
+        && needs_no_escape(sep.as_bytes())
+        && needs_no_escape(b.as_bytes())
+    {
+        out.reserve(a.len() + sep.len() + b.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(sep.as_bytes());
+        out.extend_from_slice(b.as_bytes());
+        out.push(b'"');
+    } else {
+        str(out, &format!("{a}{sep}{b}"));
+    }
+}
+
+/// Appends `n`.
+pub(crate) fn uint(out: &mut Vec<u8>, n: u64) {
+    // Writing to a Vec cannot fail.
+    let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+}
+
 /// Whether serde_json would write `bytes` without escapes: no control character, `"` or `\`
 /// (it escapes nothing else).
 fn needs_no_escape(bytes: &[u8]) -> bool {
@@ -124,6 +149,20 @@ mod tests {
         ];
         for s in cases {
             assert_eq!(via(str, s), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn pairs_and_numbers_match_serde_json() {
+        for (a, b) in [("nfs-client", "100Gi"), ("we\"ird", "1\n"), ("", "")] {
+            let mut out = Vec::new();
+            str_pair(&mut out, a, '/', b);
+            assert_eq!(out, serde_json::to_vec(&format!("{a}/{b}")).unwrap());
+        }
+        for n in [0, 7, 1234, u64::MAX] {
+            let mut out = Vec::new();
+            uint(&mut out, n);
+            assert_eq!(out, serde_json::to_vec(&n).unwrap());
         }
     }
 

@@ -495,6 +495,7 @@ pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
     let patch = decision.response_patch();
     let mut patch_json = Vec::new();
     if !patch.is_empty() {
+        patch_json.reserve(1024);
         json::patch(&mut patch_json, patch);
     }
     let mut out = Vec::with_capacity(
@@ -531,7 +532,7 @@ pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
     out.push(b'"');
     if let Some(s) = &decision.storage {
         out.extend_from_slice(br#","storage":"#);
-        json::str(&mut out, &format!("{}/{}", s.storage_class_name, s.size));
+        json::str_pair(&mut out, &s.storage_class_name, '/', &s.size);
     }
     out.extend_from_slice(b"}}}");
     out

@@ -127,6 +127,17 @@ pub enum Source {
     Annotation,
 }
 
+impl Source {
+    /// The audit log spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Namespace => "namespace",
+            Source::Annotation => "annotation",
+        }
+    }
+}
+
 /// The storage one object gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageSpec<'a> {

@@ -3,6 +3,7 @@
 //! `volumeClaimTemplate` (and the protective extras the kind's CRD declares), and builds the
 //! `add` operations. Never touches a CR that chose its storage.
 
+use json_patch::jsonptr::{Pointer, PointerBuf};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
@@ -185,7 +186,7 @@ pub fn decide(
     let ops = if spec.is_some() {
         fields
             .into_iter()
-            .map(|(name, value)| patch::add(patch::pointer(["spec", name]), value))
+            .map(|(name, value)| patch::add(spec_field(name), value))
             .collect()
     } else {
         let spec: Map<String, Value> = fields
@@ -196,6 +197,21 @@ pub fn decide(
     };
     let what = format!("{} volume", storage.size.as_str());
     propose(&ident, policy, storage, ops, &what, gate.warnings)
+}
+
+/// `/spec/<name>` for the fields this module adds (built from static pointers: this runs for
+/// every mutated CR, and `PointerBuf::from_tokens` escapes and grows a string token by token).
+fn spec_field(name: &str) -> PointerBuf {
+    const STORAGE: &Pointer = Pointer::from_static("/spec/storage");
+    const RETENTION_POLICY: &Pointer =
+        Pointer::from_static("/spec/persistentVolumeClaimRetentionPolicy");
+    const RETENTION_SIZE: &Pointer = Pointer::from_static("/spec/retentionSize");
+    match name {
+        "storage" => STORAGE.to_buf(),
+        "persistentVolumeClaimRetentionPolicy" => RETENTION_POLICY.to_buf(),
+        "retentionSize" => RETENTION_SIZE.to_buf(),
+        other => patch::pointer(["spec", other]),
+    }
 }
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply of the original manifest without
@@ -241,6 +257,18 @@ mod tests {
         assert_eq!(scaled(100 << 30, 0.85), (100u128 << 30) * 85 / 100);
         assert_eq!(scaled(10, 0.5), 5);
         assert_eq!(scaled(1_000_001, 0.5), 500_000);
+    }
+
+    #[test]
+    fn static_spec_pointers_equal_built_ones() {
+        for name in [
+            "storage",
+            "persistentVolumeClaimRetentionPolicy",
+            "retentionSize",
+            "a/b~c",
+        ] {
+            assert_eq!(spec_field(name), patch::pointer(["spec", name]));
+        }
     }
 
     #[test]

@@ -77,10 +77,10 @@ pub struct VolumeView<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct EmptyDirView<'a> {
     /// `Memory` for tmpfs.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::borrow_opt")]
     pub medium: Option<Cow<'a, str>>,
     /// Size limit.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::borrow_opt")]
     pub size_limit: Option<Cow<'a, str>>,
 }
 

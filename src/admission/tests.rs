@@ -44,8 +44,84 @@ fn with_annotations(mut object: Value, annotations: Value) -> Value {
     object
 }
 
+/// The response as serde_json writes it: the oracle for the hand-written [`encode`].
+fn encode_with_serde(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ReviewOut<'a> {
+        api_version: &'a str,
+        kind: &'static str,
+        response: ResponseOut<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ResponseOut<'a> {
+        uid: &'a str,
+        allowed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<StatusOut<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<&'a str>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        warnings: &'a [String],
+        audit_annotations: AuditAnnotations<'a>,
+    }
+    #[derive(Serialize)]
+    struct StatusOut<'a> {
+        code: u16,
+        reason: &'static str,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct AuditAnnotations<'a> {
+        decision: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        storage: Option<&'a str>,
+    }
+    let patch = decision.response_patch();
+    let patch_b64 = (!patch.is_empty()).then(|| {
+        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(patch).unwrap())
+    });
+    let storage = decision
+        .storage
+        .as_ref()
+        .map(|s| format!("{}/{}", s.storage_class_name, s.size));
+    serde_json::to_vec(&ReviewOut {
+        api_version,
+        kind: "AdmissionReview",
+        response: ResponseOut {
+            uid,
+            allowed: decision.denied.is_none(),
+            status: decision.denied.as_deref().map(|message| StatusOut {
+                code: 403,
+                reason: "Forbidden",
+                message,
+            }),
+            patch_type: patch_b64.as_ref().map(|_| "JSONPatch"),
+            patch: patch_b64.as_deref(),
+            warnings: &decision.warnings,
+            audit_annotations: AuditAnnotations {
+                decision: decision.outcome.as_str(),
+                storage: storage.as_deref(),
+            },
+        },
+    })
+    .unwrap()
+}
+
 fn decide(body: &[u8], policy: &Policy) -> (Decision, Value) {
     let reviewed = review(body, policy).expect("a valid review");
+    assert_eq!(
+        String::from_utf8_lossy(&reviewed.response),
+        String::from_utf8_lossy(&encode_with_serde(
+            &reviewed.api_version,
+            &reviewed.request.uid,
+            &reviewed.decision
+        )),
+        "the hand-written response differs from serde_json's"
+    );
     let response: Value = serde_json::from_slice(&reviewed.response).unwrap();
     (reviewed.decision, response)
 }
@@ -611,4 +687,68 @@ fn restored_storage_is_described_as_such() {
         "{:?}",
         d.warnings
     );
+}
+
+#[test]
+fn responses_are_byte_for_byte_serde_json_on_every_fixture() {
+    let bodies: [&[u8]; 6] = [
+        include_bytes!("../../tests/fixtures/reviews/a-prometheus.json"),
+        include_bytes!("../../tests/fixtures/reviews/d-configmap.json"),
+        include_bytes!("../../tests/fixtures/bench/b-sts-small.json"),
+        include_bytes!("../../tests/fixtures/bench/c-sts-1mb.json"),
+        include_bytes!("../../tests/fixtures/statefulsets/edge-generate-name-dry-run.json"),
+        include_bytes!("../../tests/fixtures/statefulsets/edge-update-escaped.json"),
+    ];
+    let policies = [
+        Policy::default(),
+        Policy::from_yaml("mode: audit", "p").unwrap(),
+        Policy::from_yaml("strict: true\nonUpdate: mutate", "p").unwrap(),
+    ];
+    for body in bodies {
+        for policy in &policies {
+            // `decide` compares the response with serde_json's.
+            decide(body, policy);
+        }
+    }
+    // Strings that need escaping, a denial and warnings, in one response.
+    let object = with_annotations(
+        prometheus(json!({})),
+        json!({"kube-persist.io/size": "lots \"of\" \\ space\u{1}", "kube-persist.io/x\ty": "é"}),
+    );
+    let mut body = review_of("Prometheus", "v1", "CREATE", object, None);
+    body = String::from_utf8(body)
+        .unwrap()
+        .replace("705ab4f5", "705ab4f5\\\"\\u00e9")
+        .into_bytes();
+    let strict = Policy::from_yaml("strict: true", "p").unwrap();
+    let (d, response) = decide(&body, &strict);
+    assert!(d.denied.is_some() && !d.warnings.is_empty());
+    assert_eq!(
+        response["response"]["uid"],
+        "705ab4f5\"é-6393-11e8-b7cc-42010a800002"
+    );
+}
+
+#[test]
+fn optional_strings_borrow_from_the_body_unless_escaped() {
+    let body = include_bytes!("../../tests/fixtures/reviews/a-prometheus.json");
+    let (api_version, request) = decode(body).unwrap();
+    let meta = request.object.as_ref().unwrap().metadata.as_ref().unwrap();
+    for s in [
+        Some(&api_version),
+        request.name.as_ref(),
+        request.namespace.as_ref(),
+        request.user_info.username.as_ref(),
+        meta.name.as_ref(),
+        meta.namespace.as_ref(),
+    ] {
+        assert!(matches!(s, Some(Cow::Borrowed(_))), "{s:?}");
+    }
+    let escaped = String::from_utf8(body.to_vec()).unwrap().replacen(
+        r#""namespace":"monitoring""#,
+        r#""namespace":"monit\u006fring""#,
+        1,
+    );
+    let (_, request) = decode(escaped.as_bytes()).unwrap();
+    assert!(matches!(&request.namespace, Some(Cow::Owned(ns)) if ns == "monitoring"));
 }

@@ -18,10 +18,10 @@ use crate::policy::ANNOTATION_PREFIX;
 #[serde(rename_all = "camelCase")]
 pub struct ReviewView<'a> {
     /// `admission.k8s.io/v1`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub api_version: Option<Cow<'a, str>>,
     /// `AdmissionReview`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub kind: Option<Cow<'a, str>>,
     /// The request; absent in a response-only body.
     #[serde(borrow, default)]
@@ -40,13 +40,13 @@ pub struct Request<'a> {
     #[serde(borrow)]
     pub kind: GroupVersionKind<'a>,
     /// Set for subresource requests (`status`, `scale`).
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub sub_resource: Option<Cow<'a, str>>,
     /// Object name (empty for CREATE with `generateName`).
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub name: Option<Cow<'a, str>>,
     /// Object namespace.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub namespace: Option<Cow<'a, str>>,
     /// CREATE, UPDATE, DELETE or CONNECT.
     pub operation: Operation,
@@ -73,9 +73,9 @@ pub struct Request<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct FallbackReview<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     api_version: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     request: Option<FallbackRequest<'a>>,
@@ -88,11 +88,11 @@ struct FallbackRequest<'a> {
     uid: Cow<'a, str>,
     #[serde(borrow)]
     kind: GroupVersionKind<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     sub_resource: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     namespace: Option<Cow<'a, str>>,
     operation: Operation,
     #[serde(borrow, default)]
@@ -142,7 +142,7 @@ pub struct GroupVersionKind<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct UserInfo<'a> {
     /// User name.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub username: Option<Cow<'a, str>>,
     /// Groups.
     #[serde(borrow, default)]
@@ -211,7 +211,7 @@ pub struct SpecView<'a> {
     #[serde(default)]
     pub storage: Option<StorageView>,
     /// PrometheusAgent: `spec.mode` (`StatefulSet` or `DaemonSet`).
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub mode: Option<Cow<'a, str>>,
     /// Prometheus: `spec.retentionSize`.
     #[serde(default)]
@@ -248,13 +248,13 @@ pub struct OldSpecView<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct MetaView<'a> {
     /// Name.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub name: Option<Cow<'a, str>>,
     /// `generateName`, for CREATE without a name.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub generate_name: Option<Cow<'a, str>>,
     /// Namespace.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub namespace: Option<Cow<'a, str>>,
     /// Only the `kube-persist.io/*` annotations.
     #[serde(borrow, default)]
@@ -328,6 +328,15 @@ fn strip_prefix(key: Cow<'_, str>) -> Option<Cow<'_, str>> {
             .strip_prefix(ANNOTATION_PREFIX)
             .map(|n| Cow::Owned(n.to_string())),
     }
+}
+
+/// Deserializes an `Option<Cow<str>>` that borrows from the input when the string has no
+/// escapes: serde's derive borrows a plain `Cow<str>` field but not one inside an `Option`,
+/// which would allocate a copy of every such string.
+pub(crate) fn borrow_opt<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<CowStr<'a>>::deserialize(d)?.map(|CowStr(s)| s))
 }
 
 /// A string that borrows from the input when it has no escapes (serde's own `Cow` impl always

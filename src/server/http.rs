@@ -2,22 +2,16 @@
 //! back; every bad request gets a status and a one-line reason, never a panic.
 
 use std::{
+    convert::Infallible,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use axum::{
-    Router,
-    body::{Body, Bytes},
-    extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::post,
-};
-use bytes::BytesMut;
-use http_body_util::BodyExt;
-use hyper::body::Body as _;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
 
 use crate::{
     admission::{self, ReviewError, Target},
@@ -39,43 +33,81 @@ pub struct WebhookState {
     pub max_body: usize,
 }
 
-/// The router of the webhook port.
-pub fn router(state: Arc<WebhookState>) -> Router {
-    Router::new()
-        .route(
-            "/mutate",
-            post(mutate).fallback(|| async {
-                plain(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "only POST is allowed on /mutate",
-                )
-            }),
-        )
-        .fallback(|| async {
-            plain(
-                StatusCode::NOT_FOUND,
-                "not found: the webhook path is POST /mutate",
-            )
-        })
-        .with_state(state)
+/// A response of the webhook port.
+pub type WebhookResponse = Response<Full<Bytes>>;
+
+/// The webhook port's hyper service: `POST /mutate`; 405 (with `Allow: POST`) for any other
+/// method there, 404 for every other path.
+///
+/// A plain `service_fn` rather than an axum `Router`: with one route there is nothing to
+/// route, and the router's per-request boxing and layers cost about 3% of a review.
+pub fn service(
+    state: Arc<WebhookState>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = WebhookResponse,
+    Error = Infallible,
+    Future = impl Future<Output = Result<WebhookResponse, Infallible>> + Send,
+> + Clone {
+    let service = move |request: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok(handle(&state, request).await) }
+    };
+    hyper::service::service_fn(service)
 }
 
-fn plain(status: StatusCode, message: &str) -> Response {
+/// Answers one request of the webhook port.
+pub async fn handle(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
+    if request.method() == Method::HEAD {
+        // The headers of the GET answer, no body (HTTP/2 treats a body here as an error).
+        let mut response = route(state, request).await;
+        let length = response.body().size_hint().exact().unwrap_or(0);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        *response.body_mut() = Full::new(Bytes::new());
+        return response;
+    }
+    route(state, request).await
+}
+
+async fn route(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
+    if request.uri().path() != "/mutate" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: the webhook path is POST /mutate",
+        );
+    }
+    if request.method() != Method::POST {
+        let mut response = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only POST is allowed on /mutate",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    mutate(state, request).await
+}
+
+fn plain(status: StatusCode, message: &str) -> WebhookResponse {
     let mut body = String::with_capacity(message.len() + 1);
     body.push_str(message);
     body.push('\n');
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response()
+    with_type(status, "text/plain; charset=utf-8", body.into())
 }
 
-async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
+fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> WebhookResponse {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn mutate(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
     let json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -126,12 +158,12 @@ async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Res
             "empty body: expected an AdmissionReview",
         );
     }
-    answer(&state, &body)
+    answer(state, &body)
 }
 
 enum BodyError {
     TooLarge,
-    Read(axum::Error),
+    Read(hyper::Error),
 }
 
 /// How much of an oversized body is read and thrown away so the client sees the 413 (closing a
@@ -144,7 +176,7 @@ const BODY_TIME: Duration = Duration::from_secs(15);
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// Reads the whole body, up to `max` bytes. A single-frame body is returned without copying.
-async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
     let declared = body.size_hint().exact().map(|n| n as usize);
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
@@ -199,7 +231,7 @@ async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
 }
 
 /// Decides one review body and records it (audit line, metrics).
-fn answer(state: &WebhookState, body: &Bytes) -> Response {
+fn answer(state: &WebhookState, body: &Bytes) -> WebhookResponse {
     let started = Instant::now();
     let policy = state.policy.load();
     // The engine is total, but a bug must cost one request, not the connection and its audit.
@@ -260,15 +292,9 @@ fn answer(state: &WebhookState, body: &Bytes) -> Response {
     if let Some(denied) = &decision.denied {
         tracing::warn!(uid = %request.uid, message = %denied, "Denied");
     }
-    let Ok(response) = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(reviewed.response))
-    else {
-        return plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot build the response",
-        );
-    };
-    response
+    with_type(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from(reviewed.response),
+    )
 }

@@ -24,7 +24,6 @@ use arc_swap::ArcSwap;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
@@ -218,7 +217,6 @@ impl Server {
             metrics: metrics.clone(),
             max_body,
         });
-        let service = TowerToHyperService::new(http::router(state));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -283,7 +281,7 @@ impl Server {
                         peer,
                         acceptor.clone(),
                         builder.clone(),
-                        service.clone(),
+                        state.clone(),
                         ConnLimits { header_timeout, idle_timeout },
                         metrics.clone(),
                         stop_rx.clone(),
@@ -310,7 +308,7 @@ impl Server {
         }
         // The router (and its audit sender) is gone with the connections: flush the log first,
         // so nothing below can keep an answered review out of it.
-        drop(service);
+        drop(state);
         if tokio::task::spawn_blocking(move || audit.close())
             .await
             .is_err()
@@ -356,7 +354,7 @@ async fn serve_connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     builder: auto::Builder<TokioExecutor>,
-    service: TowerToHyperService<axum::Router>,
+    state: Arc<http::WebhookState>,
     limits: ConnLimits,
     metrics: WebhookMetrics,
     mut stop: watch::Receiver<bool>,
@@ -378,7 +376,7 @@ async fn serve_connection(
     };
     metrics.connections.inc();
     let (io, activity) = io::Tracked::new(tls);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(io), http::service(state));
     tokio::pin!(conn);
     let mut draining = false;
     let mut idle_check =

@@ -178,8 +178,12 @@ const DISCARD_TIME: Duration = Duration::from_secs(10);
 /// Reads the whole body, up to `max` bytes. A single-frame body is returned without copying.
 async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
     let declared = body.size_hint().exact().map(|n| n as usize);
+    // The frames are kept until the end and then copied once into a buffer of the exact size:
+    // growing one buffer while freeing the frames one by one made glibc's allocator shrink and
+    // regrow its heap around every large review (~150 page faults and ~400 us of kernel time
+    // per 1 MB review). A body of one frame (the usual small review) is returned as it is.
     let mut first: Option<Bytes> = None;
-    let mut buf: Option<BytesMut> = None;
+    let mut rest: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     let mut over = declared.is_some_and(|n| n > max);
     let discard_until = Instant::now() + DISCARD_TIME;
@@ -200,7 +204,7 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
         if total > max {
             over = true;
             first = None;
-            buf = None;
+            rest = Vec::new();
         }
         if over {
             if total > DISCARD_LIMIT {
@@ -208,25 +212,25 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
             }
             continue;
         }
-        match (&mut first, &mut buf) {
-            (None, None) => first = Some(data),
-            (Some(f), None) => {
-                let mut b = BytesMut::with_capacity(declared.unwrap_or(f.len() + data.len()));
-                b.extend_from_slice(f);
-                b.extend_from_slice(&data);
-                first = None;
-                buf = Some(b);
-            }
-            (_, Some(b)) => b.extend_from_slice(&data),
+        match first {
+            None => first = Some(data),
+            Some(_) => rest.push(data),
         }
     }
     if over {
         return Err(BodyError::TooLarge);
     }
-    Ok(match (first, buf) {
-        (Some(f), _) => f,
-        (None, Some(b)) => b.freeze(),
-        (None, None) => Bytes::new(),
+    Ok(match first {
+        None => Bytes::new(),
+        Some(only) if rest.is_empty() => only,
+        Some(first) => {
+            let mut buf = BytesMut::with_capacity(total);
+            buf.extend_from_slice(&first);
+            for frame in &rest {
+                buf.extend_from_slice(frame);
+            }
+            buf.freeze()
+        }
     })
 }
 

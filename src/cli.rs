@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// A client must send a request's headers within this many seconds.
     #[arg(long, default_value = "10", value_parser = parse_seconds, env = "KUBE_PERSIST_HEADER_TIMEOUT")]
     pub header_timeout: Duration,
+    /// A request body must arrive within this many seconds (408 otherwise).
+    #[arg(long, default_value = "15", value_parser = parse_seconds, env = "KUBE_PERSIST_BODY_TIMEOUT")]
+    pub body_timeout: Duration,
     /// A connection with no traffic for this many seconds is closed.
     #[arg(long, default_value = "90", value_parser = parse_seconds, env = "KUBE_PERSIST_IDLE_TIMEOUT")]
     pub idle_timeout: Duration,
@@ -297,6 +300,8 @@ pub struct ServeConfig {
     pub reload_interval: Duration,
     /// Header read timeout.
     pub header_timeout: Duration,
+    /// Body read deadline.
+    pub body_timeout: Duration,
     /// Idle connection timeout.
     pub idle_timeout: Duration,
     /// Drain deadline on shutdown.
@@ -357,6 +362,7 @@ impl ServeArgs {
             audit_log,
             reload_interval,
             header_timeout,
+            body_timeout,
             idle_timeout,
             drain_timeout,
             shutdown_delay,
@@ -392,6 +398,7 @@ impl ServeArgs {
             audit_log,
             reload_interval,
             header_timeout,
+            body_timeout,
             idle_timeout,
             drain_timeout,
             shutdown_delay,

@@ -411,3 +411,54 @@ async fn the_policy_reloads_and_a_broken_one_keeps_the_old() {
     }
     assert!(reloaded, "new policy not picked up: {}", webhook.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_the_connection_cap_holds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = Webhook::start(
+        dir.path(),
+        &["--body-timeout", "0.5", "--max-connections", "1"],
+    );
+    let config = std::sync::Arc::new(common::client_config(&webhook.ca_pem, &[b"http/1.1"]));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+    };
+    // The only allowed connection: a body that never finishes.
+    let mut first = connect().await.unwrap();
+    first
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"apiVersion\"")
+        .await
+        .unwrap();
+    // A second client is not served while the first holds the only slot.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), connect())
+            .await
+            .is_err(),
+        "a second connection was served beyond --max-connections 1"
+    );
+    // The stalled body is cut off with a 408 well before any client-side limit.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut answer))
+        .await
+        .expect("the server answers a stalled body")
+        .unwrap_or_default();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive in time"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(first);
+    // With the slot free, the next client is served.
+    let mut client = webhook.client(Proto::H1).await;
+    assert_eq!(
+        client.review(prometheus_review().0).await.unwrap()["response"]["allowed"],
+        true
+    );
+}

@@ -31,6 +31,8 @@ pub struct WebhookState {
     pub metrics: WebhookMetrics,
     /// Body limit in bytes.
     pub max_body: usize,
+    /// Deadline for reading a body.
+    pub body_timeout: Duration,
 }
 
 /// A response of the webhook port.
@@ -132,7 +134,10 @@ async fn mutate(state: &WebhookState, request: Request<Incoming>) -> WebhookResp
         )
     };
     // A client that stalls mid-body must not hold a handler (and its memory) forever.
-    let read = tokio::time::timeout(BODY_TIME, read_body(request.into_body(), state.max_body));
+    let read = tokio::time::timeout(
+        state.body_timeout,
+        read_body(request.into_body(), state.max_body),
+    );
     let Ok(body) = read.await else {
         state.metrics.error("body_timeout");
         return plain(
@@ -169,9 +174,6 @@ enum BodyError {
 /// How much of an oversized body is read and thrown away so the client sees the 413 (closing a
 /// connection with unread bytes makes the kernel reset it, which can destroy the answer).
 const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
-/// How long reading a body may take (the API server gives a webhook at most 30 s, and
-/// kube-persist's configuration 5 s).
-const BODY_TIME: Duration = Duration::from_secs(15);
 /// How long discarding may take.
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 

@@ -130,6 +130,7 @@ impl Server {
             audit_log,
             reload_interval,
             header_timeout,
+            body_timeout,
             idle_timeout,
             drain_timeout,
             shutdown_delay,
@@ -216,6 +217,7 @@ impl Server {
             audit: audit.sender(),
             metrics: metrics.clone(),
             max_body,
+            body_timeout,
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

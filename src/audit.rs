@@ -69,6 +69,10 @@ pub struct AuditRecord<'a> {
     pub warnings: &'a [String],
     /// Time from body received to response encoded.
     pub duration_micros: u64,
+    /// `patch`, already serialized: copied by [`AuditRecord::write_line`] instead of
+    /// serializing the operations a second time.
+    #[serde(skip)]
+    patch_json: Option<&'a [u8]>,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -117,7 +121,18 @@ impl<'a> AuditRecord<'a> {
             },
             warnings: &decision.warnings,
             duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+            patch_json: None,
         }
+    }
+
+    /// Uses `patch_json`, the record's `patch` as [`json`] serializes it (the engine's
+    /// [`Reviewed::patch_json`](crate::admission::Reviewed::patch_json)), for the line. Ignored
+    /// when empty or when the record carries no patch.
+    pub fn with_patch_json(mut self, patch_json: &'a [u8]) -> Self {
+        if !patch_json.is_empty() && !self.patch.is_empty() {
+            self.patch_json = Some(patch_json);
+        }
+        self
     }
 
     /// Appends the record as one JSON line, newline included, to `out`: the bytes serde_json
@@ -146,6 +161,7 @@ impl<'a> AuditRecord<'a> {
             patch,
             warnings,
             duration_micros,
+            patch_json,
         } = self;
         let text = |out: &mut Vec<u8>, key: &[u8], value: &str| {
             out.extend_from_slice(key);
@@ -189,7 +205,10 @@ impl<'a> AuditRecord<'a> {
         optional(out, br#","size":"#, *size);
         optional(out, br#","source":"#, source.map(Source::as_str));
         out.extend_from_slice(br#","patch":"#);
-        json::patch(out, patch);
+        match patch_json {
+            Some(serialized) => out.extend_from_slice(serialized),
+            None => json::patch(out, patch),
+        }
         out.extend_from_slice(br#","warnings":["#);
         for (i, w) in warnings.iter().enumerate() {
             if i > 0 {
@@ -400,6 +419,15 @@ mod tests {
         expected.push(b'\n');
         assert_eq!(
             String::from_utf8_lossy(&fast),
+            String::from_utf8_lossy(&expected)
+        );
+        // The server's path: the patch the engine serialized once for the response.
+        let mut reused = Vec::new();
+        record
+            .with_patch_json(&reviewed.patch_json)
+            .write_line(&mut reused);
+        assert_eq!(
+            String::from_utf8_lossy(&reused),
             String::from_utf8_lossy(&expected)
         );
     }

@@ -421,18 +421,29 @@ pub struct Reviewed<'a> {
     pub decision: Decision,
     /// The AdmissionReview response, serialized.
     pub response: Vec<u8>,
+    /// The decision's patch (returned, or proposed in audit mode) as JSON, serialized once for
+    /// both the response and the audit line; empty when there is none.
+    pub patch_json: Vec<u8>,
 }
 
 /// Decodes `body`, decides under `policy` and encodes the response.
 pub fn review<'a>(body: &'a [u8], policy: &Policy) -> Result<Reviewed<'a>, ReviewError> {
     let (api_version, request) = decode(body)?;
     let decision = evaluate(&request, policy);
-    let response = encode(&api_version, &request.uid, &decision);
+    let mut patch_json = Vec::new();
+    if matches!(decision.outcome, Outcome::Mutated | Outcome::WouldMutate)
+        && !decision.patch.is_empty()
+    {
+        patch_json.reserve(1024);
+        json::patch(&mut patch_json, &decision.patch);
+    }
+    let response = encode(&api_version, &request.uid, &decision, &patch_json);
     Ok(Reviewed {
         api_version,
         request,
         decision,
         response,
+        patch_json,
     })
 }
 
@@ -492,13 +503,15 @@ fn check_envelope(review: ReviewView<'_>) -> Result<(Cow<'_, str>, Request<'_>),
 /// Written by hand with [`json`] (the same bytes serde_json would write for the same fields;
 /// the tests compare them): the base64 patch goes straight into the output, without an
 /// intermediate string or an escape scan.
-pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
-    let patch = decision.response_patch();
-    let mut patch_json = Vec::new();
-    if !patch.is_empty() {
-        patch_json.reserve(1024);
-        json::patch(&mut patch_json, patch);
-    }
+///
+/// `patch_json` is `decision.patch` serialized (as [`json::patch`] writes it); the response
+/// carries it only when the decision mutates.
+pub fn encode(api_version: &str, uid: &str, decision: &Decision, patch_json: &[u8]) -> Vec<u8> {
+    let patch_json = if decision.response_patch().is_empty() {
+        &[][..]
+    } else {
+        patch_json
+    };
     let mut out = Vec::with_capacity(
         256 + uid.len() + patch_json.len() * 4 / 3 + decision.warnings.len() * MAX_WARNING_LEN,
     );
@@ -515,7 +528,7 @@ pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
     }
     if !patch_json.is_empty() {
         out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        push_base64(&mut out, &patch_json);
+        push_base64(&mut out, patch_json);
         out.push(b'"');
     }
     if !decision.warnings.is_empty() {

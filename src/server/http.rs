@@ -284,7 +284,8 @@ fn answer(state: &WebhookState, body: &Bytes) -> WebhookResponse {
         })
         .inc();
     state.metrics.duration.observe(elapsed.as_secs_f64());
-    let record = AuditRecord::new(request, decision, jiff::Timestamp::now(), elapsed);
+    let record = AuditRecord::new(request, decision, jiff::Timestamp::now(), elapsed)
+        .with_patch_json(&reviewed.patch_json);
     let mut line = Vec::with_capacity(1024);
     record.write_line(&mut line);
     state.audit.send(&line);

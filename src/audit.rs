@@ -115,10 +115,7 @@ impl<'a> AuditRecord<'a> {
             storage_class: storage.map(|s| s.storage_class_name.as_str()),
             size: storage.map(|s| s.size.as_str()),
             source: storage.map(|s| s.source),
-            patch: match decision.outcome {
-                Outcome::Mutated | Outcome::WouldMutate => &decision.patch,
-                _ => &[],
-            },
+            patch: decision.audit_patch(),
             warnings: &decision.warnings,
             duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
             patch_json: None,
@@ -130,6 +127,10 @@ impl<'a> AuditRecord<'a> {
     /// when empty or when the record carries no patch.
     pub fn with_patch_json(mut self, patch_json: &'a [u8]) -> Self {
         if !patch_json.is_empty() && !self.patch.is_empty() {
+            debug_assert_eq!(
+                patch_json,
+                crate::admission::patch::to_json(self.patch).as_slice()
+            );
             self.patch_json = Some(patch_json);
         }
         self

@@ -139,6 +139,14 @@ impl Decision {
             _ => &[],
         }
     }
+
+    /// The patch that the audit record carries: returned, or proposed in audit mode.
+    pub fn audit_patch(&self) -> &[PatchOperation] {
+        match self.outcome {
+            Outcome::Mutated | Outcome::WouldMutate => &self.patch,
+            _ => &[],
+        }
+    }
 }
 
 /// Who a decision is about, for warnings and the audit log.
@@ -431,11 +439,9 @@ pub fn review<'a>(body: &'a [u8], policy: &Policy) -> Result<Reviewed<'a>, Revie
     let (api_version, request) = decode(body)?;
     let decision = evaluate(&request, policy);
     let mut patch_json = Vec::new();
-    if matches!(decision.outcome, Outcome::Mutated | Outcome::WouldMutate)
-        && !decision.patch.is_empty()
-    {
+    if !decision.audit_patch().is_empty() {
         patch_json.reserve(1024);
-        json::patch(&mut patch_json, &decision.patch);
+        json::patch(&mut patch_json, decision.audit_patch());
     }
     let response = encode(&api_version, &request.uid, &decision, &patch_json);
     Ok(Reviewed {
@@ -507,10 +513,12 @@ fn check_envelope(review: ReviewView<'_>) -> Result<(Cow<'_, str>, Request<'_>),
 /// `patch_json` is `decision.patch` serialized (as [`json::patch`] writes it); the response
 /// carries it only when the decision mutates.
 pub fn encode(api_version: &str, uid: &str, decision: &Decision, patch_json: &[u8]) -> Vec<u8> {
-    let patch_json = if decision.response_patch().is_empty() {
-        &[][..]
-    } else {
-        patch_json
+    let patch_json = match decision.response_patch() {
+        [] => &[][..],
+        ops => {
+            debug_assert_eq!(patch_json, patch::to_json(ops).as_slice());
+            patch_json
+        }
     };
     let mut out = Vec::with_capacity(
         256 + uid.len() + patch_json.len() * 4 / 3 + decision.warnings.len() * MAX_WARNING_LEN,

@@ -59,8 +59,7 @@ fn review(c: &mut Criterion) {
                     &reviewed.decision,
                     jiff::Timestamp::now(),
                     Duration::from_micros(10),
-                )
-                .with_patch_json(&reviewed.patch_json);
+                );
                 line.clear();
                 record.write_line(&mut line);
                 black_box((reviewed.response.len(), line.len()))

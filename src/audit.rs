@@ -13,11 +13,10 @@ use std::{
     time::Duration,
 };
 
-use json_patch::PatchOperation;
 use serde::Serialize;
 
 use crate::{
-    admission::{Decision, Outcome, Request, json},
+    admission::{Decision, Outcome, Patch, Request, json},
     policy::Source,
 };
 
@@ -64,15 +63,11 @@ pub struct AuditRecord<'a> {
     /// Where class and size came from.
     pub source: Option<Source>,
     /// The patch operations (returned, or proposed in audit mode).
-    pub patch: &'a [PatchOperation],
+    pub patch: &'a Patch,
     /// The warnings returned to the user.
     pub warnings: &'a [String],
     /// Time from body received to response encoded.
     pub duration_micros: u64,
-    /// `patch`, already serialized: copied by [`AuditRecord::write_line`] instead of
-    /// serializing the operations a second time.
-    #[serde(skip)]
-    patch_json: Option<&'a [u8]>,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -118,22 +113,7 @@ impl<'a> AuditRecord<'a> {
             patch: decision.audit_patch(),
             warnings: &decision.warnings,
             duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
-            patch_json: None,
         }
-    }
-
-    /// Uses `patch_json`, the record's `patch` as [`json`] serializes it (the engine's
-    /// [`Reviewed::patch_json`](crate::admission::Reviewed::patch_json)), for the line. Ignored
-    /// when empty or when the record carries no patch.
-    pub fn with_patch_json(mut self, patch_json: &'a [u8]) -> Self {
-        if !patch_json.is_empty() && !self.patch.is_empty() {
-            debug_assert_eq!(
-                patch_json,
-                crate::admission::patch::to_json(self.patch).as_slice()
-            );
-            self.patch_json = Some(patch_json);
-        }
-        self
     }
 
     /// Appends the record as one JSON line, newline included, to `out`: the bytes serde_json
@@ -162,7 +142,6 @@ impl<'a> AuditRecord<'a> {
             patch,
             warnings,
             duration_micros,
-            patch_json,
         } = self;
         let text = |out: &mut Vec<u8>, key: &[u8], value: &str| {
             out.extend_from_slice(key);
@@ -206,10 +185,7 @@ impl<'a> AuditRecord<'a> {
         optional(out, br#","size":"#, *size);
         optional(out, br#","source":"#, source.map(Source::as_str));
         out.extend_from_slice(br#","patch":"#);
-        match patch_json {
-            Some(serialized) => out.extend_from_slice(serialized),
-            None => json::patch(out, patch),
-        }
+        out.extend_from_slice(patch.as_json());
         out.extend_from_slice(br#","warnings":["#);
         for (i, w) in warnings.iter().enumerate() {
             if i > 0 {
@@ -422,15 +398,13 @@ mod tests {
             String::from_utf8_lossy(&fast),
             String::from_utf8_lossy(&expected)
         );
-        // The server's path: the patch the engine serialized once for the response.
-        let mut reused = Vec::new();
-        record
-            .with_patch_json(&reviewed.patch_json)
-            .write_line(&mut reused);
-        assert_eq!(
-            String::from_utf8_lossy(&reused),
-            String::from_utf8_lossy(&expected)
-        );
+        // The patch bytes the line copies are what json_patch writes for the same operations.
+        let patch = &reviewed.decision.patch;
+        let ops = patch
+            .operations()
+            .expect("the engine writes valid JSON Patch");
+        assert_eq!(ops.len(), patch.len());
+        assert_eq!(serde_json::to_vec(&ops).unwrap(), patch.as_json());
     }
 
     #[test]

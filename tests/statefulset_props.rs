@@ -506,7 +506,9 @@ proptest! {
 /// The names of the claim templates a decision adds (or would add, in audit mode).
 fn proposed_claims(d: &Decision) -> Vec<String> {
     d.patch
-        .iter()
+        .operations()
+        .expect("the engine writes valid JSON Patch")
+        .into_iter()
         .filter_map(|op| match op {
             PatchOperation::Add(a) if a.path.as_str() == "/spec/volumeClaimTemplates" => {
                 Some(a.value.as_array().cloned().unwrap_or_default())

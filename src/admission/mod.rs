@@ -14,12 +14,12 @@ pub mod view;
 use std::{borrow::Cow, fmt};
 
 use base64::Engine as _;
-use json_patch::PatchOperation;
 use serde::Serialize;
 
 use crate::policy::{
     self, AnnotationError, Mode, Overrides, Policy, Source, StorageSpec, parse_bool_annotation,
 };
+pub use patch::Patch;
 pub use prometheus::CrKind;
 pub use view::{MetaView, Operation, Request, ReviewView};
 
@@ -90,7 +90,7 @@ pub struct Decision {
     pub reason: String,
     /// The JSON Patch (empty unless [`Outcome::Mutated`]; for [`Outcome::WouldMutate`], what
     /// would have been applied).
-    pub patch: Vec<PatchOperation>,
+    pub patch: Patch,
     /// Lines for the user (kubectl prints them).
     pub warnings: Vec<String>,
     /// The storage added or proposed.
@@ -104,7 +104,7 @@ impl Decision {
         Decision {
             outcome,
             reason: reason.into(),
-            patch: Vec::new(),
+            patch: Patch::new(),
             warnings: Vec::new(),
             storage: None,
             denied: None,
@@ -133,18 +133,18 @@ impl Decision {
     }
 
     /// The patch that the response carries (empty unless mutated).
-    pub fn response_patch(&self) -> &[PatchOperation] {
+    pub fn response_patch(&self) -> &Patch {
         match self.outcome {
             Outcome::Mutated => &self.patch,
-            _ => &[],
+            _ => &patch::EMPTY,
         }
     }
 
     /// The patch that the audit record carries: returned, or proposed in audit mode.
-    pub fn audit_patch(&self) -> &[PatchOperation] {
+    pub fn audit_patch(&self) -> &Patch {
         match self.outcome {
             Outcome::Mutated | Outcome::WouldMutate => &self.patch,
-            _ => &[],
+            _ => &patch::EMPTY,
         }
     }
 }
@@ -366,7 +366,7 @@ pub(crate) fn propose(
     ident: &Ident<'_>,
     policy: &Policy,
     storage: &StorageSpec<'_>,
-    ops: Vec<PatchOperation>,
+    patch: Patch,
     what: &str,
     mut warnings: Vec<String>,
 ) -> Decision {
@@ -388,7 +388,7 @@ pub(crate) fn propose(
             "kube-persist: audit mode, would add {what} on StorageClass {class} ({ident})"
         )),
     };
-    d.patch = ops;
+    d.patch = patch;
     d.storage = Some(added);
     d.warnings.append(&mut warnings);
     d
@@ -429,27 +429,18 @@ pub struct Reviewed<'a> {
     pub decision: Decision,
     /// The AdmissionReview response, serialized.
     pub response: Vec<u8>,
-    /// The decision's patch (returned, or proposed in audit mode) as JSON, serialized once for
-    /// both the response and the audit line; empty when there is none.
-    pub patch_json: Vec<u8>,
 }
 
 /// Decodes `body`, decides under `policy` and encodes the response.
 pub fn review<'a>(body: &'a [u8], policy: &Policy) -> Result<Reviewed<'a>, ReviewError> {
     let (api_version, request) = decode(body)?;
     let decision = evaluate(&request, policy);
-    let mut patch_json = Vec::new();
-    if !decision.audit_patch().is_empty() {
-        patch_json.reserve(1024);
-        json::patch(&mut patch_json, decision.audit_patch());
-    }
-    let response = encode(&api_version, &request.uid, &decision, &patch_json);
+    let response = encode(&api_version, &request.uid, &decision);
     Ok(Reviewed {
         api_version,
         request,
         decision,
         response,
-        patch_json,
     })
 }
 
@@ -507,21 +498,12 @@ fn check_envelope(review: ReviewView<'_>) -> Result<(Cow<'_, str>, Request<'_>),
 /// Serializes the AdmissionReview response for `decision`.
 ///
 /// Written by hand with [`json`] (the same bytes serde_json would write for the same fields;
-/// the tests compare them): the base64 patch goes straight into the output, without an
+/// the tests compare them): the patch, already JSON, goes into the output as base64, without an
 /// intermediate string or an escape scan.
-///
-/// `patch_json` is `decision.patch` serialized (as [`json::patch`] writes it); the response
-/// carries it only when the decision mutates.
-pub fn encode(api_version: &str, uid: &str, decision: &Decision, patch_json: &[u8]) -> Vec<u8> {
-    let patch_json = match decision.response_patch() {
-        [] => &[][..],
-        ops => {
-            debug_assert_eq!(patch_json, patch::to_json(ops).as_slice());
-            patch_json
-        }
-    };
+pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
+    let patch = decision.response_patch();
     let mut out = Vec::with_capacity(
-        256 + uid.len() + patch_json.len() * 4 / 3 + decision.warnings.len() * MAX_WARNING_LEN,
+        256 + uid.len() + patch.as_json().len() * 4 / 3 + decision.warnings.len() * MAX_WARNING_LEN,
     );
     out.extend_from_slice(br#"{"apiVersion":"#);
     json::str(&mut out, api_version);
@@ -534,9 +516,9 @@ pub fn encode(api_version: &str, uid: &str, decision: &Decision, patch_json: &[u
         json::str(&mut out, message);
         out.push(b'}');
     }
-    if !patch_json.is_empty() {
+    if !patch.is_empty() {
         out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        push_base64(&mut out, patch_json);
+        push_base64(&mut out, patch.as_json());
         out.push(b'"');
     }
     if !decision.warnings.is_empty() {

@@ -3,17 +3,18 @@
 //! `volumeClaimTemplate` (and the protective extras the kind's CRD declares), and builds the
 //! `add` operations. Never touches a CR that chose its storage.
 
-use json_patch::jsonptr::{Pointer, PointerBuf};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::{
-    Decision, Ident, Outcome, Request, gate, patch, propose,
+    Decision, Ident, Outcome, Patch, Request, gate, json,
+    patch::Token,
+    propose,
     view::{ObjectView, Operation},
 };
 use crate::{
-    policy::{Mode, OnUpdate, Policy, RetentionPolicy},
+    policy::{Mode, OnUpdate, Policy, RetentionPolicy, StorageSpec},
     quantity,
 };
 
@@ -149,69 +150,92 @@ pub fn decide(
     }
 
     let storage = &gate.storage;
-    // (field, value) in the order the operations are emitted.
-    let mut fields: Vec<(&str, Value)> = Vec::with_capacity(3);
-    fields.push((
-        "storage",
-        json!({
-            "volumeClaimTemplate": {
-                "spec": {
-                    "storageClassName": storage.storage_class_name,
-                    "accessModes": storage.access_modes,
-                    "resources": { "requests": { "storage": storage.size.as_str() } },
-                }
-            }
-        }),
-    ));
     let has = |f: fn(&super::view::SpecView<'_>) -> bool| spec.is_some_and(f);
-    if policy.retention_policy == RetentionPolicy::Retain
+    let retention_policy = policy.retention_policy == RetentionPolicy::Retain
         && kind.has_pvc_retention_policy()
-        && !has(|s| s.persistent_volume_claim_retention_policy.is_some())
-    {
-        fields.push((
-            "persistentVolumeClaimRetentionPolicy",
-            json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }),
-        ));
-    }
-    if kind.has_retention_size()
+        && !has(|s| s.persistent_volume_claim_retention_policy.is_some());
+    let retention_size = (kind.has_retention_size()
         && policy.retention_size_ratio > 0.0
-        && !has(|s| s.retention_size.is_some())
-    {
+        && !has(|s| s.retention_size.is_some()))
+    .then(|| {
         let limit = scaled(storage.size.bytes(), policy.retention_size_ratio);
-        fields.push((
-            "retentionSize",
-            Value::String(quantity::format_retention_size(limit)),
-        ));
-    }
-    let ops = if spec.is_some() {
-        fields
-            .into_iter()
-            .map(|(name, value)| patch::add(spec_field(name), value))
-            .collect()
+        quantity::format_retention_size(limit)
+    });
+    let fields = [
+        Some(Field::Storage),
+        retention_policy.then_some(Field::RetentionPolicy),
+        retention_size.as_deref().map(Field::RetentionSize),
+    ];
+    let fields = fields.iter().flatten();
+    let mut patch = Patch::new();
+    if spec.is_some() {
+        for field in fields {
+            patch.add(&[Token::Key("spec"), Token::Key(field.name())], |out| {
+                field.write(out, storage)
+            });
+        }
     } else {
-        let spec: Map<String, Value> = fields
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
-            .collect();
-        vec![patch::add(patch::pointer(["spec"]), Value::Object(spec))]
-    };
+        // No spec at all: one `add` of the whole object.
+        patch.add(&[Token::Key("spec")], |out| {
+            out.push(b'{');
+            for (i, field) in fields.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json::str(out, field.name());
+                out.push(b':');
+                field.write(out, storage);
+            }
+            out.push(b'}');
+        });
+    }
     let what = format!("{} volume", storage.size.as_str());
-    propose(&ident, policy, storage, ops, &what, gate.warnings)
+    propose(&ident, policy, storage, patch, &what, gate.warnings)
 }
 
-/// `/spec/<name>` for the fields this module adds (built from static pointers: this runs for
-/// every mutated CR, and `PointerBuf::from_tokens` escapes and grows a string token by token).
-fn spec_field(name: &str) -> PointerBuf {
-    const STORAGE: &Pointer = Pointer::from_static("/spec/storage");
-    const RETENTION_POLICY: &Pointer =
-        Pointer::from_static("/spec/persistentVolumeClaimRetentionPolicy");
-    const RETENTION_SIZE: &Pointer = Pointer::from_static("/spec/retentionSize");
-    match name {
-        "storage" => STORAGE.to_buf(),
-        "persistentVolumeClaimRetentionPolicy" => RETENTION_POLICY.to_buf(),
-        "retentionSize" => RETENTION_SIZE.to_buf(),
-        other => patch::pointer(["spec", other]),
+/// A field of `spec` that a mutation adds.
+enum Field<'a> {
+    /// `storage`: a claim template on the policy's storage.
+    Storage,
+    /// `persistentVolumeClaimRetentionPolicy`: keep the claims on deletion and scale-down.
+    RetentionPolicy,
+    /// `retentionSize`, as written.
+    RetentionSize(&'a str),
+}
+
+impl Field<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Field::Storage => "storage",
+            Field::RetentionPolicy => "persistentVolumeClaimRetentionPolicy",
+            Field::RetentionSize(_) => "retentionSize",
+        }
     }
+
+    /// Appends the field's value.
+    fn write(&self, out: &mut Vec<u8>, storage: &StorageSpec<'_>) {
+        match self {
+            Field::Storage => storage_value(out, storage),
+            Field::RetentionPolicy => out.extend_from_slice(RETAIN_BOTH),
+            Field::RetentionSize(size) => json::str(out, size),
+        }
+    }
+}
+
+/// `persistentVolumeClaimRetentionPolicy` keeping the claims on deletion and scale-down.
+const RETAIN_BOTH: &[u8] = br#"{"whenDeleted":"Retain","whenScaled":"Retain"}"#;
+
+/// `spec.storage` with a claim template on `storage`:
+/// `{"volumeClaimTemplate":{"spec":{"storageClassName":..,"accessModes":[..],
+/// "resources":{"requests":{"storage":..}}}}}`.
+fn storage_value(out: &mut Vec<u8>, storage: &StorageSpec<'_>) {
+    out.extend_from_slice(br#"{"volumeClaimTemplate":{"spec":{"storageClassName":"#);
+    json::str(out, &storage.storage_class_name);
+    out.extend_from_slice(br#","accessModes":"#);
+    json::str_array(out, &storage.access_modes);
+    out.extend_from_slice(br#","resources":{"requests":{"storage":"#);
+    json::str(out, storage.size.as_str());
+    out.extend_from_slice(b"}}}}}");
 }
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply of the original manifest without
@@ -238,7 +262,8 @@ fn keep_old_storage(ident: &Ident<'_>, policy: &Policy, old: &str) -> Decision {
             "kube-persist: audit mode, would keep the existing spec.storage of {ident}"
         )),
     };
-    d.patch = vec![patch::add(patch::pointer(["spec", "storage"]), value)];
+    d.patch
+        .add_value(&[Token::Key("spec"), Token::Key("storage")], &value);
     d
 }
 
@@ -251,6 +276,7 @@ fn scaled(bytes: u128, ratio: f64) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn ratio_scaling_rounds_down_exactly() {
@@ -260,15 +286,30 @@ mod tests {
     }
 
     #[test]
-    fn static_spec_pointers_equal_built_ones() {
-        for name in [
-            "storage",
-            "persistentVolumeClaimRetentionPolicy",
-            "retentionSize",
-            "a/b~c",
-        ] {
-            assert_eq!(spec_field(name), patch::pointer(["spec", name]));
-        }
+    fn written_values_equal_the_json_they_replace() {
+        let storage = StorageSpec {
+            storage_class_name: "nfs \"client\"".into(),
+            size: std::borrow::Cow::Owned(crate::quantity::Quantity::parse("100Gi").unwrap()),
+            access_modes: vec!["ReadWriteOnce".to_string(), "ReadWriteMany".to_string()].into(),
+            source: crate::policy::Source::Default,
+        };
+        let mut out = Vec::new();
+        storage_value(&mut out, &storage);
+        let expected = json!({
+            "volumeClaimTemplate": {
+                "spec": {
+                    "storageClassName": storage.storage_class_name,
+                    "accessModes": storage.access_modes,
+                    "resources": { "requests": { "storage": "100Gi" } },
+                }
+            }
+        });
+        assert_eq!(out, serde_json::to_vec(&expected).unwrap());
+        assert_eq!(
+            RETAIN_BOTH,
+            serde_json::to_vec(&json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }))
+                .unwrap()
+        );
     }
 
     #[test]

@@ -14,12 +14,12 @@
 
 use std::borrow::Cow;
 
-use json_patch::{PatchOperation, jsonptr::Token};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{
-    Decision, Ident, Request, gate, patch, propose,
+    Decision, Ident, Patch, Request, gate, json,
+    patch::Token,
+    propose,
     view::{Annotations, MetaView, ObjectView, Operation, OwnerRefView},
 };
 use crate::{
@@ -559,75 +559,90 @@ fn shorter_descriptions(claims: &[Claim<'_, '_>]) -> Vec<String> {
     }
 }
 
-/// A claim template: name, provenance annotation, and the storage.
-fn claim_template(name: &str, size: &Quantity, storage: &StorageSpec<'_>) -> Value {
-    json!({
-        "metadata": {
-            "name": name,
-            "annotations": { ADDED_BY: ADDED_BY_VALUE },
-        },
-        "spec": {
-            "accessModes": storage.access_modes,
-            "storageClassName": storage.storage_class_name,
-            "resources": { "requests": { "storage": size.as_str() } },
-        },
-    })
+/// Appends a claim template: name, provenance annotation, and the storage:
+/// `{"metadata":{"name":..,"annotations":{ADDED_BY:ADDED_BY_VALUE}},"spec":{"accessModes":[..],
+/// "storageClassName":..,"resources":{"requests":{"storage":..}}}}`.
+fn claim_template(out: &mut Vec<u8>, name: &str, size: &Quantity, storage: &StorageSpec<'_>) {
+    out.extend_from_slice(br#"{"metadata":{"name":"#);
+    json::str(out, name);
+    out.extend_from_slice(br#","annotations":{"#);
+    json::str(out, ADDED_BY);
+    out.push(b':');
+    json::str(out, ADDED_BY_VALUE);
+    out.extend_from_slice(br#"}},"spec":{"accessModes":"#);
+    json::str_array(out, &storage.access_modes);
+    out.extend_from_slice(br#","storageClassName":"#);
+    json::str(out, &storage.storage_class_name);
+    out.extend_from_slice(br#","resources":{"requests":{"storage":"#);
+    json::str(out, size.as_str());
+    out.extend_from_slice(b"}}}}");
 }
 
-fn pod_pointer<'t>(tail: impl IntoIterator<Item = Token<'t>>) -> json_patch::jsonptr::PointerBuf {
-    patch::pointer(
-        [
-            Token::new("spec"),
-            Token::new("template"),
-            Token::new("spec"),
-        ]
-        .into_iter()
-        .chain(tail),
-    )
+/// Appends the mount of the claim `data` at `path`.
+fn data_mount(out: &mut Vec<u8>, path: &str) {
+    out.extend_from_slice(br#"{"name":"#);
+    json::str(out, MOUNT_PATH_CLAIM);
+    out.extend_from_slice(br#","mountPath":"#);
+    json::str(out, path);
+    out.push(b'}');
 }
+
+/// `spec.template.spec`, the pod spec.
+const POD: [Token<'static>; 3] = [
+    Token::Key("spec"),
+    Token::Key("template"),
+    Token::Key("spec"),
+];
 
 /// The operations: `remove` the converted volumes from the highest index down (so the indices
 /// stay valid), `add` the claim templates, then `add` the new mounts.
-fn operations(
-    plan: &Plan<'_>,
-    claims: &[Claim<'_, '_>],
-    storage: &StorageSpec<'_>,
-) -> Vec<PatchOperation> {
-    let mounts = plan.mount.as_ref().map_or(0, |m| m.targets.len());
-    let mut ops = Vec::with_capacity(plan.convert.len() + 1 + mounts);
+fn operations(plan: &Plan<'_>, claims: &[Claim<'_, '_>], storage: &StorageSpec<'_>) -> Patch {
+    let mut patch = Patch::new();
+    let [spec, template, pod] = POD;
     for c in plan.convert.iter().rev() {
-        ops.push(patch::remove(pod_pointer([
-            Token::new("volumes"),
-            Token::from(c.index),
-        ])));
+        patch.remove(&[
+            spec,
+            template,
+            pod,
+            Token::Key("volumes"),
+            Token::Index(c.index),
+        ]);
     }
-    let templates = claims
-        .iter()
-        .map(|c| claim_template(c.name, &c.size, storage))
-        .collect();
-    ops.push(patch::add(
-        patch::pointer(["spec", "volumeClaimTemplates"]),
-        Value::Array(templates),
-    ));
+    patch.add(&[spec, Token::Key("volumeClaimTemplates")], |out| {
+        out.push(b'[');
+        for (i, c) in claims.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            claim_template(out, c.name, &c.size, storage);
+        }
+        out.push(b']');
+    });
     if let Some(mount) = &plan.mount {
-        let value = json!({ "name": MOUNT_PATH_CLAIM, "mountPath": mount.path });
         for t in &mount.targets {
-            let container = [
-                Token::new(t.list.field()),
-                Token::from(t.index),
-                Token::new("volumeMounts"),
+            let mounts = [
+                spec,
+                template,
+                pod,
+                Token::Key(t.list.field()),
+                Token::Index(t.index),
+                Token::Key("volumeMounts"),
             ];
-            ops.push(if t.container.volume_mounts.is_some() {
-                patch::add(
-                    pod_pointer(container.into_iter().chain([Token::new("-")])),
-                    value.clone(),
-                )
+            if t.container.volume_mounts.is_some() {
+                let [a, b, c, d, e, f] = mounts;
+                patch.add(&[a, b, c, d, e, f, Token::End], |out| {
+                    data_mount(out, mount.path)
+                });
             } else {
-                patch::add(pod_pointer(container), Value::Array(vec![value.clone()]))
-            });
+                patch.add(&mounts, |out| {
+                    out.push(b'[');
+                    data_mount(out, mount.path);
+                    out.push(b']');
+                });
+            }
         }
     }
-    ops
+    patch
 }
 
 fn controller_owner<'m>(meta: &'m MetaView<'_>) -> Option<&'m OwnerRefView<'m>> {
@@ -711,7 +726,7 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> De
     let cut = |d: &Decision| d.warnings.first().is_some_and(|w| w.ends_with("..."));
     if cut(&d) {
         for shorter in shorter_descriptions(&claims) {
-            let line = propose(&ident, policy, &storage, Vec::new(), &shorter, Vec::new());
+            let line = propose(&ident, policy, &storage, Patch::new(), &shorter, Vec::new());
             if let (Some(first), Some(line)) = (d.warnings.first_mut(), line.warnings.first()) {
                 first.clone_from(line);
             }

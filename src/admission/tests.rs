@@ -82,7 +82,9 @@ fn encode_with_serde(api_version: &str, uid: &str, decision: &Decision) -> Vec<u
     }
     let patch = decision.response_patch();
     let patch_b64 = (!patch.is_empty()).then(|| {
-        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(patch).unwrap())
+        // The operations as json_patch serializes them: checks the engine's own writer too.
+        let ops = patch.operations().unwrap();
+        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&ops).unwrap())
     });
     let storage = decision
         .storage

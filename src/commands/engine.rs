@@ -77,7 +77,7 @@ pub struct Decided {
 
 impl Decided {
     /// The operations the webhook would return (empty unless it mutates).
-    pub fn patch(&self) -> &[json_patch::PatchOperation] {
+    pub fn patch(&self) -> &admission::Patch {
         self.decision.response_patch()
     }
 

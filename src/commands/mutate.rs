@@ -25,7 +25,7 @@ use super::{
     manifest::{self, Format, InputError, RawDocument, Stream},
 };
 use crate::{
-    admission::Outcome,
+    admission::{Outcome, Patch},
     cli::{MutateArgs, MutateOutput, OperationArg},
     policy::Policy,
 };
@@ -285,7 +285,12 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         let at_risk = !changes && gap::at_risk(gap.as_ref(), false, create_outcome);
         let before = (config.output == Some(MutateOutput::Diff) && !decided.patch().is_empty())
             .then(|| object.clone());
-        if let Err(e) = json_patch::patch(object, decided.patch()) {
+        let applied = decided
+            .patch()
+            .operations()
+            .map_err(|e| e.to_string())
+            .and_then(|ops| json_patch::patch(object, &ops).map_err(|e| e.to_string()));
+        if let Err(e) = applied {
             return self.object_error(
                 label,
                 format!("internal error: the webhook's patch does not apply: {e}"),
@@ -346,7 +351,7 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         struct Line<'a> {
             source: &'a str,
             object: &'a str,
-            patch: &'a [json_patch::PatchOperation],
+            patch: &'a Patch,
         }
         let line = Line {
             source: label,

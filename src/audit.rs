@@ -6,6 +6,7 @@
 //! per batch of lines, so the log never becomes the webhook's bottleneck.
 
 use std::{
+    cell::RefCell,
     io::{self, Write},
     path::Path,
     sync::{Arc, Condvar, Mutex, PoisonError},
@@ -207,6 +208,8 @@ pub enum AuditTarget<'p> {
     File(&'p Path),
 }
 
+/// A per-thread line buffer that grew beyond this (a record with a huge name or patch) is freed.
+const KEEP_LINE_BUFFER: usize = 64 * 1024;
 /// How long a line may wait in memory before it is written.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// A buffer this full is written at once.
@@ -245,6 +248,28 @@ pub struct AuditLog {
 pub struct AuditSender(Arc<Shared>);
 
 impl AuditSender {
+    /// Writes `record` as one line ([`AuditRecord::write_line`]) and sends it. The line is built
+    /// in a buffer each thread keeps, so recording a decision allocates nothing.
+    pub fn record(&self, record: &AuditRecord<'_>) {
+        thread_local! {
+            static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                // Only reachable if sending recorded again on this thread; stay correct.
+                let mut line = Vec::new();
+                record.write_line(&mut line);
+                return self.send(&line);
+            };
+            line.clear();
+            record.write_line(&mut line);
+            self.send(&line);
+            if line.capacity() > KEEP_LINE_BUFFER {
+                *line = Vec::new();
+            }
+        });
+    }
+
     /// Appends one line. When 32 MiB are already pending (the output is stalled), waits up to
     /// [`MAX_WAIT`] for the writer, then drops the line with an error rather than block the
     /// request any longer.

@@ -285,9 +285,7 @@ fn answer(state: &WebhookState, body: &Bytes) -> WebhookResponse {
         .inc();
     state.metrics.duration.observe(elapsed.as_secs_f64());
     let record = AuditRecord::new(request, decision, jiff::Timestamp::now(), elapsed);
-    let mut line = Vec::with_capacity(1024);
-    record.write_line(&mut line);
-    state.audit.send(&line);
+    state.audit.record(&record);
     tracing::debug!(
         uid = %request.uid,
         kind = %request.kind.kind,

@@ -448,12 +448,17 @@ pub fn review<'a>(body: &'a [u8], policy: &Policy) -> Result<Reviewed<'a>, Revie
 ///
 /// An object this engine cannot read (a field of the wrong type) still yields the request, with
 /// `object` unset and the problem recorded, so the response keeps the request's uid.
+///
+/// JSON text is UTF-8 (RFC 8259): the body is checked once, as a whole, and then parsed as a
+/// `str`, so serde_json borrows every string without validating each one again.
 pub fn decode(body: &[u8]) -> Result<(Cow<'_, str>, Request<'_>), ReviewError> {
-    match serde_json::from_slice::<ReviewView<'_>>(body) {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ReviewError::Malformed(format!("the body is not UTF-8: {e}")))?;
+    match serde_json::from_str::<ReviewView<'_>>(text) {
         Ok(review) => check_envelope(review),
         Err(e) if e.is_data() => {
             let object_error = e.to_string();
-            let fallback: view::FallbackReview<'_> = serde_json::from_slice(body)
+            let fallback: view::FallbackReview<'_> = serde_json::from_str(text)
                 .map_err(|_| ReviewError::NotAReview(object_error.clone()))?;
             let (api_version, mut request) = check_envelope(fallback.into_review())?;
             request.object_error = Some(object_error);

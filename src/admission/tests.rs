@@ -596,6 +596,17 @@ fn bad_bodies_are_errors_not_panics() {
             .to_string()
             .contains("ConfigMap")
     );
+    // JSON is UTF-8: a stray byte is refused even in a field the engine never reads.
+    let mut latin1 = include_bytes!("../../tests/fixtures/reviews/a-prometheus.json").to_vec();
+    let at = latin1
+        .windows(10)
+        .position(|w| w == b"\"resource\"")
+        .unwrap()
+        + 2;
+    latin1[at] = 0xe4;
+    let err = review(&latin1, &Policy::default()).unwrap_err();
+    assert!(matches!(err, ReviewError::Malformed(_)), "{err}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
 }
 
 #[test]

@@ -188,15 +188,40 @@ impl<'r> Ident<'r> {
     }
 }
 
-impl fmt::Display for Ident<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Ident<'_> {
+    /// The pieces of `Kind namespace/name` (`Kind name` when cluster-scoped), with `*` after a
+    /// `generateName` prefix.
+    fn parts(&self) -> [&str; 6] {
+        let slash = if self.namespace.is_empty() { "" } else { "/" };
         let star = if self.generated { "*" } else { "" };
-        if self.namespace.is_empty() {
-            write!(f, "{} {}{star}", self.kind, self.name)
-        } else {
-            write!(f, "{} {}/{}{star}", self.kind, self.namespace, self.name)
+        [self.kind, " ", self.namespace, slash, self.name, star]
+    }
+
+    /// Appends the [`Display`](fmt::Display) form to `out`, without the formatting machinery
+    /// (this runs for every mutated object).
+    pub(crate) fn push_to(&self, out: &mut String) {
+        for part in self.parts() {
+            out.push_str(part);
         }
     }
+}
+
+impl fmt::Display for Ident<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.parts()
+            .into_iter()
+            .try_for_each(|part| f.write_str(part))
+    }
+}
+
+/// `parts` joined into one string of exactly their length: `format!` for the paths every
+/// mutated object takes.
+pub(crate) fn concat(parts: &[&str]) -> String {
+    let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        text.push_str(part);
+    }
+    text
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
@@ -375,19 +400,25 @@ pub(crate) fn propose(
         size: storage.size.as_str().to_string(),
         source: storage.source,
     };
-    let class = &added.storage_class_name;
-    let mut d = match policy.mode_for(ident.namespace) {
-        Mode::Enforce => Decision::new(Outcome::Mutated, format!("added {what}")).warn(format!(
-            "kube-persist: added {what} on StorageClass {class} ({ident})"
-        )),
-        Mode::Audit => Decision::new(
+    let (outcome, reason, warning) = match policy.mode_for(ident.namespace) {
+        Mode::Enforce => (Outcome::Mutated, "added ", "kube-persist: added "),
+        Mode::Audit => (
             Outcome::WouldMutate,
-            format!("audit mode: would add {what}"),
-        )
-        .warn(format!(
-            "kube-persist: audit mode, would add {what} on StorageClass {class} ({ident})"
-        )),
+            "audit mode: would add ",
+            "kube-persist: audit mode, would add ",
+        ),
     };
+    // `kube-persist: added 100Gi volume on StorageClass nfs-client (Prometheus monitoring/k8s)`
+    let mut line = concat(&[
+        warning,
+        what,
+        " on StorageClass ",
+        &added.storage_class_name,
+        " (",
+    ]);
+    ident.push_to(&mut line);
+    line.push(')');
+    let mut d = Decision::new(outcome, concat(&[reason, what])).warn(line);
     d.patch = patch;
     d.storage = Some(added);
     d.warnings.append(&mut warnings);
@@ -396,7 +427,8 @@ pub(crate) fn propose(
 
 /// Cuts `text` to [`MAX_WARNING_LEN`] characters (on a character boundary).
 pub fn shorten(mut text: String) -> String {
-    if text.chars().count() > MAX_WARNING_LEN {
+    // A string has at most as many characters as bytes.
+    if text.len() > MAX_WARNING_LEN && text.chars().count() > MAX_WARNING_LEN {
         let cut = text
             .char_indices()
             .nth(MAX_WARNING_LEN - 3)

@@ -189,7 +189,7 @@ pub fn decide(
             out.push(b'}');
         });
     }
-    let what = format!("{} volume", storage.size.as_str());
+    let what = super::concat(&[storage.size.as_str(), " volume"]);
     propose(&ident, policy, storage, patch, &what, gate.warnings)
 }
 

@@ -438,11 +438,16 @@ impl<'p> Plan<'p> {
 
     /// `a (why), b (why)`.
     fn left_text(&self) -> String {
-        self.left
-            .iter()
-            .map(|(name, why)| format!("{name} ({why})"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut text = String::new();
+        for (i, (name, why)) in self.left.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            for part in [name, " (", why, ")"] {
+                text.push_str(part);
+            }
+        }
+        text
     }
 
     /// The decision when there is nothing to add.
@@ -526,7 +531,7 @@ fn describe(claims: &[Claim<'_, '_>]) -> String {
     let plural = if claims.len() == 1 { "" } else { "s" };
     match claims.first() {
         Some(first) if claims.iter().all(|c| c.size.bytes() == first.size.bytes()) => {
-            format!("{} volume{plural} {}", first.size.as_str(), names())
+            super::concat(&[first.size.as_str(), " volume", plural, " ", &names()])
         }
         _ => format!(
             "volumes {}",
@@ -752,8 +757,8 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> De
         ));
     }
     if !plan.left.is_empty() {
-        d.reason
-            .push_str(&format!("; left as emptyDir: {}", plan.left_text()));
+        d.reason.push_str("; left as emptyDir: ");
+        d.reason.push_str(&plan.left_text());
     }
     d
 }

@@ -765,3 +765,25 @@ fn optional_strings_borrow_from_the_body_unless_escaped() {
     let (_, request) = decode(escaped.as_bytes()).unwrap();
     assert!(matches!(&request.namespace, Some(Cow::Owned(ns)) if ns == "monitoring"));
 }
+
+#[test]
+fn object_names_read_the_same_however_they_are_written() {
+    for (namespace, generated, expected) in [
+        ("monitoring", false, "Prometheus monitoring/k8s"),
+        ("", false, "Prometheus k8s"),
+        ("monitoring", true, "Prometheus monitoring/k8s*"),
+        ("", true, "Prometheus k8s*"),
+    ] {
+        let ident = super::Ident {
+            kind: "Prometheus",
+            namespace,
+            name: "k8s",
+            generated,
+        };
+        let mut pushed = String::from("(");
+        ident.push_to(&mut pushed);
+        assert_eq!(ident.to_string(), expected);
+        assert_eq!(pushed, format!("({expected}"));
+    }
+    assert_eq!(super::concat(&["a", "", "bc"]), "abc");
+}

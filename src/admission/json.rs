@@ -57,7 +57,7 @@ pub(crate) fn uint(out: &mut Vec<u8>, mut n: u64) {
 
 /// Whether serde_json would write `bytes` without escapes: no control character, `"` or `\`
 /// (it escapes nothing else).
-pub(crate) fn needs_no_escape(bytes: &[u8]) -> bool {
+fn needs_no_escape(bytes: &[u8]) -> bool {
     // No early exit, so the loop vectorizes; strings here are short.
     bytes
         .iter()

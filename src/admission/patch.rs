@@ -102,7 +102,7 @@ impl Patch {
         match self.json.last_mut() {
             Some(close) => *close = b',',
             None => {
-                self.json.reserve(512);
+                self.json.reserve(1024);
                 self.json.push(b'[');
             }
         }
@@ -134,7 +134,7 @@ impl Serialize for Patch {
 /// Appends the JSON string of the pointer made of `path`.
 fn pointer(out: &mut Vec<u8>, path: &[Token<'_>]) {
     let plain = path.iter().all(|t| match t {
-        Token::Key(key) => json::needs_no_escape(key.as_bytes()) && !key.contains(['~', '/']),
+        Token::Key(key) => plain_key(key),
         Token::Index(_) | Token::End => true,
     });
     if !plain {
@@ -151,6 +151,15 @@ fn pointer(out: &mut Vec<u8>, path: &[Token<'_>]) {
         }
     }
     out.push(b'"');
+}
+
+/// Whether `key` goes into a pointer, and the pointer into a JSON string, as it is: no `~` or
+/// `/` (which RFC 6901 escapes) and nothing JSON escapes. One pass over the bytes, without
+/// branches (names are short; this runs for every operation).
+fn plain_key(key: &str) -> bool {
+    key.bytes().fold(true, |ok, b| {
+        ok & (b >= 0x20) & (b != b'"') & (b != b'\\') & (b != b'~') & (b != b'/')
+    })
 }
 
 /// The pointer made of `path` (RFC 6901: `~` as `~0`, `/` as `~1`).

@@ -226,6 +226,8 @@ struct Pending {
     lines: Vec<u8>,
     closed: bool,
     dropped: u64,
+    /// The writer found nothing to write for a whole period and sleeps until woken.
+    writer_idle: bool,
 }
 
 #[derive(Debug, Default)]
@@ -238,8 +240,8 @@ struct Shared {
 }
 
 /// The audit log writer: request handlers append lines to a shared buffer (no system call on
-/// the request path); a thread writes each batch at most 20 ms after its first line, or as soon
-/// as 256 KiB are pending, and sleeps without a timer while there is nothing to write.
+/// the request path); a thread writes them every 20 ms, or as soon as 256 KiB are pending, and
+/// sleeps without a timer once a whole period passed without a line.
 #[derive(Debug)]
 pub struct AuditLog {
     shared: Arc<Shared>,
@@ -304,11 +306,10 @@ impl AuditSender {
             tracing::error!("Audit log is closed; audit line dropped");
             return;
         }
-        let first = pending.lines.is_empty();
         pending.lines.extend_from_slice(line);
-        // Wake the writer for the first line of a batch (it sleeps without a timer while there
-        // is nothing to write) and when the batch is full.
-        if first || pending.lines.len() >= FLUSH_AT {
+        // Wake the writer when the batch is full, or when it went to sleep on a quiet log. A busy
+        // log's writer runs on its timer: no wake-up per batch on the handlers' cores.
+        if std::mem::take(&mut pending.writer_idle) || pending.lines.len() >= FLUSH_AT {
             shared.full.notify_one();
         }
     }
@@ -369,24 +370,33 @@ fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
                 .pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            // Idle: sleep until a line arrives (no periodic wake-ups on a quiet webhook).
-            while pending.lines.is_empty() && !pending.closed {
-                pending = shared
-                    .full
-                    .wait(pending)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            // Then give the batch up to FLUSH_EVERY to fill.
-            let deadline = std::time::Instant::now() + FLUSH_EVERY;
-            while pending.lines.len() < FLUSH_AT && !pending.closed {
-                let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+            loop {
+                // Give the batch up to FLUSH_EVERY to fill.
+                let deadline = std::time::Instant::now() + FLUSH_EVERY;
+                while pending.lines.len() < FLUSH_AT && !pending.closed {
+                    let Some(left) = deadline.checked_duration_since(std::time::Instant::now())
+                    else {
+                        break;
+                    };
+                    pending = shared
+                        .full
+                        .wait_timeout(pending, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                if !pending.lines.is_empty() || pending.closed {
                     break;
-                };
-                pending = shared
-                    .full
-                    .wait_timeout(pending, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+                }
+                // A whole period without a line: sleep until the next one (no timer on a
+                // quiet webhook), then give that line's batch its period.
+                pending.writer_idle = true;
+                while pending.writer_idle && !pending.closed {
+                    pending = shared
+                        .full
+                        .wait(pending)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                pending.writer_idle = false;
             }
             std::mem::swap(&mut batch, &mut pending.lines);
             pending.closed

@@ -280,27 +280,24 @@ impl AuditSender {
     /// request any longer.
     pub fn send(&self, line: &[u8]) {
         let shared = &self.0;
-        let mut pending = shared
+        let pending = shared
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let deadline = std::time::Instant::now() + MAX_WAIT;
-        while pending.lines.len() > MAX_PENDING && !pending.closed {
-            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
-                pending.dropped += 1;
-                if pending.dropped.is_power_of_two() {
-                    tracing::error!(
-                        dropped = pending.dropped,
-                        "Audit output stalled; audit lines dropped"
-                    );
-                }
-                return;
-            };
-            pending = shared
-                .drained
-                .wait_timeout(pending, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        let stalled = |p: &mut Pending| p.lines.len() > MAX_PENDING && !p.closed;
+        let (mut pending, _) = shared
+            .drained
+            .wait_timeout_while(pending, MAX_WAIT, stalled)
+            .unwrap_or_else(PoisonError::into_inner);
+        if stalled(&mut pending) {
+            pending.dropped += 1;
+            if pending.dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped = pending.dropped,
+                    "Audit output stalled; audit lines dropped"
+                );
+            }
+            return;
         }
         if pending.closed {
             tracing::error!("Audit log is closed; audit line dropped");
@@ -333,6 +330,11 @@ impl AuditLog {
                     })?,
             ),
         };
+        AuditLog::start(out)
+    }
+
+    /// Starts the writer thread on `out`.
+    fn start(out: Box<dyn Write + Send>) -> io::Result<AuditLog> {
         let shared = Arc::new(Shared::default());
         let writer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -372,30 +374,23 @@ fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
                 .unwrap_or_else(PoisonError::into_inner);
             loop {
                 // Give the batch up to FLUSH_EVERY to fill.
-                let deadline = std::time::Instant::now() + FLUSH_EVERY;
-                while pending.lines.len() < FLUSH_AT && !pending.closed {
-                    let Some(left) = deadline.checked_duration_since(std::time::Instant::now())
-                    else {
-                        break;
-                    };
-                    pending = shared
-                        .full
-                        .wait_timeout(pending, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
+                pending = shared
+                    .full
+                    .wait_timeout_while(pending, FLUSH_EVERY, |p| {
+                        p.lines.len() < FLUSH_AT && !p.closed
+                    })
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
                 if !pending.lines.is_empty() || pending.closed {
                     break;
                 }
                 // A whole period without a line: sleep until the next one (no timer on a
                 // quiet webhook), then give that line's batch its period.
                 pending.writer_idle = true;
-                while pending.writer_idle && !pending.closed {
-                    pending = shared
-                        .full
-                        .wait(pending)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
+                pending = shared
+                    .full
+                    .wait_while(pending, |p| p.writer_idle && !p.closed)
+                    .unwrap_or_else(PoisonError::into_inner);
                 pending.writer_idle = false;
             }
             std::mem::swap(&mut batch, &mut pending.lines);
@@ -458,6 +453,58 @@ mod tests {
             .expect("the engine writes valid JSON Patch");
         assert_eq!(ops.len(), patch.len());
         assert_eq!(serde_json::to_vec(&ops).unwrap(), patch.as_json());
+    }
+
+    #[test]
+    fn a_stalled_output_costs_a_bounded_wait_then_drops_lines() {
+        /// Blocks in its first write until the test opens the gate; keeps what it is given.
+        struct Gate(std::sync::mpsc::Receiver<()>, Arc<Mutex<Vec<u8>>>, bool);
+        impl Write for Gate {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if !self.2 {
+                    let _ = self.0.recv_timeout(Duration::from_secs(10));
+                    self.2 = true;
+                }
+                self.1.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let log = AuditLog::start(Box::new(Gate(gate, written.clone(), false))).unwrap();
+        let sender = log.sender();
+        let mut line = vec![b'x'; 1 << 20];
+        *line.last_mut().unwrap() = b'\n';
+        // A full batch wakes the writer, which takes it and then hangs in the write.
+        sender.send(&line);
+        for _ in 0..500 {
+            if log.shared.pending.lock().unwrap().lines.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(log.shared.pending.lock().unwrap().lines.is_empty());
+        // Up to MAX_PENDING queue without waiting; the line beyond it waits MAX_WAIT, then is
+        // dropped and counted.
+        let queued = MAX_PENDING / line.len() + 1;
+        for _ in 0..queued {
+            sender.send(&line);
+        }
+        let started = std::time::Instant::now();
+        sender.send(&line);
+        let waited = started.elapsed();
+        assert!(waited >= MAX_WAIT, "waited {waited:?}");
+        assert!(waited < MAX_WAIT * 20, "waited {waited:?}");
+        assert_eq!(log.shared.pending.lock().unwrap().dropped, 1);
+        // Once the output moves again, everything that was accepted is written, in order.
+        open_gate.send(()).unwrap();
+        log.close();
+        let written = written.lock().unwrap();
+        assert_eq!(written.len(), (1 + queued) * line.len());
+        assert!(written.chunks(line.len()).all(|l| l == line.as_slice()));
     }
 
     #[test]

@@ -280,24 +280,29 @@ impl AuditSender {
     /// request any longer.
     pub fn send(&self, line: &[u8]) {
         let shared = &self.0;
-        let pending = shared
+        let mut pending = shared
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let stalled = |p: &mut Pending| p.lines.len() > MAX_PENDING && !p.closed;
-        let (mut pending, _) = shared
-            .drained
-            .wait_timeout_while(pending, MAX_WAIT, stalled)
-            .unwrap_or_else(PoisonError::into_inner);
+        // Checked before waiting: a timed wait reads the clock even when it need not wait, and
+        // this runs for every review with the lock held.
         if stalled(&mut pending) {
-            pending.dropped += 1;
-            if pending.dropped.is_power_of_two() {
-                tracing::error!(
-                    dropped = pending.dropped,
-                    "Audit output stalled; audit lines dropped"
-                );
+            pending = shared
+                .drained
+                .wait_timeout_while(pending, MAX_WAIT, stalled)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            if stalled(&mut pending) {
+                pending.dropped += 1;
+                if pending.dropped.is_power_of_two() {
+                    tracing::error!(
+                        dropped = pending.dropped,
+                        "Audit output stalled; audit lines dropped"
+                    );
+                }
+                return;
             }
-            return;
         }
         if pending.closed {
             tracing::error!("Audit log is closed; audit line dropped");

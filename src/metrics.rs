@@ -1,10 +1,14 @@
 //! Webhook metrics (prometheus-client), served in the Prometheus text format on the admin port.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+use crate::admission::{CrKind, Operation, Outcome, Target};
 
 /// Labels of an answered admission request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,8 +40,12 @@ pub struct ReloadLabels {
 /// The webhook's metrics.
 #[derive(Debug, Clone)]
 pub struct WebhookMetrics {
-    /// Answered reviews by kind, operation and decision.
+    /// Answered reviews by kind, operation and decision (count them with
+    /// [`WebhookMetrics::reviewed`]).
     pub requests: Family<RequestLabels, Counter>,
+    /// The `requests` counter of every label set used so far, by [`slot`]: counting a review is
+    /// then one atomic add, not a hash of three labels under the family's read lock.
+    counters: Arc<[OnceLock<Counter>]>,
     /// Time from body received to response encoded.
     pub duration: Histogram,
     /// Requests refused before a decision.
@@ -53,6 +61,7 @@ impl WebhookMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = WebhookMetrics {
             requests: Family::default(),
+            counters: (0..SLOTS).map(|_| OnceLock::new()).collect(),
             // 25 us .. ~0.8 s
             duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.000_025, 2.0, 16,
@@ -90,6 +99,21 @@ impl WebhookMetrics {
         metrics
     }
 
+    /// Counts an answered review.
+    pub fn reviewed(&self, target: Option<Target>, operation: Operation, outcome: Outcome) {
+        let labels = || RequestLabels {
+            kind: Target::metric_label(target),
+            operation: operation.as_str(),
+            decision: outcome.as_str(),
+        };
+        match self.counters.get(slot(target, operation, outcome)) {
+            Some(counter) => counter
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
+    }
+
     /// Counts a reload.
     pub fn reload(&self, what: &'static str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
@@ -104,6 +128,28 @@ impl WebhookMetrics {
     }
 }
 
+/// Kinds (`other` included), operations and outcomes a review can be counted under.
+const KINDS: usize = 6;
+const OPERATIONS: usize = 4;
+const OUTCOMES: usize = 6;
+const SLOTS: usize = KINDS * OPERATIONS * OUTCOMES;
+
+/// The index of a label set in [`WebhookMetrics::counters`] (out of range only if an enum grew
+/// without the constants above; the family is then used directly).
+fn slot(target: Option<Target>, operation: Operation, outcome: Outcome) -> usize {
+    let kind = match target {
+        Some(Target::Cr(kind)) => match kind {
+            CrKind::Prometheus => 0,
+            CrKind::PrometheusAgent => 1,
+            CrKind::Alertmanager => 2,
+            CrKind::ThanosRuler => 3,
+        },
+        Some(Target::StatefulSet) => 4,
+        None => 5,
+    };
+    (kind * OPERATIONS + operation as usize) * OUTCOMES + outcome as usize
+}
+
 /// Renders `registry` in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -111,4 +157,89 @@ pub fn render(registry: &Registry) -> String {
         tracing::error!(error = %e, "Cannot encode metrics");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TARGETS: [Option<Target>; KINDS] = [
+        Some(Target::Cr(CrKind::Prometheus)),
+        Some(Target::Cr(CrKind::PrometheusAgent)),
+        Some(Target::Cr(CrKind::Alertmanager)),
+        Some(Target::Cr(CrKind::ThanosRuler)),
+        Some(Target::StatefulSet),
+        None,
+    ];
+    const OPS: [Operation; OPERATIONS] = [
+        Operation::Create,
+        Operation::Update,
+        Operation::Delete,
+        Operation::Connect,
+    ];
+    const OUTS: [Outcome; OUTCOMES] = [
+        Outcome::Mutated,
+        Outcome::Unchanged,
+        Outcome::Skipped,
+        Outcome::WouldMutate,
+        Outcome::Invalid,
+        Outcome::Error,
+    ];
+
+    #[test]
+    fn every_label_set_has_its_own_slot() {
+        let mut used = [false; SLOTS];
+        for target in TARGETS {
+            for op in OPS {
+                for outcome in OUTS {
+                    let i = slot(target, op, outcome);
+                    assert!(!used[i], "slot {i} twice");
+                    used[i] = true;
+                }
+            }
+        }
+        assert!(used.iter().all(|u| *u));
+    }
+
+    #[test]
+    fn reviews_are_counted_under_their_labels() {
+        let mut registry = Registry::default();
+        let metrics = WebhookMetrics::register(&mut registry);
+        for _ in 0..3 {
+            metrics.reviewed(
+                Some(Target::StatefulSet),
+                Operation::Create,
+                Outcome::Mutated,
+            );
+        }
+        metrics.reviewed(None, Operation::Delete, Outcome::Unchanged);
+        // A clone (as each connection holds) counts into the same series.
+        metrics
+            .clone()
+            .reviewed(None, Operation::Delete, Outcome::Unchanged);
+        let text = render(&registry);
+        let count = |labels: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("kube_persist_admission_requests_total{") && l.contains(labels)
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            count(r#"kind="StatefulSet",operation="CREATE",decision="mutated""#).as_deref(),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            count(r#"kind="other",operation="DELETE",decision="unchanged""#).as_deref(),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(
+            count(r#"decision="skipped""#),
+            None,
+            "only used label sets: {text}"
+        );
+    }
 }

@@ -16,7 +16,7 @@ use hyper::body::{Body as _, Incoming};
 use crate::{
     admission::{self, ReviewError, Target},
     audit::{AuditRecord, AuditSender},
-    metrics::{RequestLabels, WebhookMetrics},
+    metrics::WebhookMetrics,
     policy::Policy,
 };
 
@@ -269,20 +269,14 @@ fn answer(state: &WebhookState, body: &Bytes) -> WebhookResponse {
     let elapsed = started.elapsed();
     let request = &reviewed.request;
     let decision = &reviewed.decision;
-    let kind = Target::metric_label(Target::of(
+    let target = Target::of(
         &request.kind.group,
         &request.kind.version,
         &request.kind.kind,
-    ));
+    );
     state
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            kind,
-            operation: request.operation.as_str(),
-            decision: decision.outcome.as_str(),
-        })
-        .inc();
+        .reviewed(target, request.operation, decision.outcome);
     state.metrics.duration.observe(elapsed.as_secs_f64());
     let record = AuditRecord::new(request, decision, jiff::Timestamp::now(), elapsed);
     state.audit.record(&record);

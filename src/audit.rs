@@ -2,11 +2,12 @@
 //!
 //! [`AuditRecord::new`] is a pure function of the request and the decision; it never holds
 //! object contents (no Secret data, no whole objects), only identity, decision and the patch
-//! operations. [`AuditLog`] writes the lines from a dedicated thread through a buffer, one write
-//! per batch of lines, so the log never becomes the webhook's bottleneck.
+//! operations. [`AuditLog`] writes the lines from a dedicated low-priority thread through a
+//! buffer, a few writes per batch of lines, so the log never becomes the webhook's bottleneck.
 
 use std::{
     cell::RefCell,
+    fmt::Write as _,
     io::{self, Write},
     path::Path,
     sync::{Arc, Condvar, Mutex, PoisonError},
@@ -87,7 +88,7 @@ impl<'a> AuditRecord<'a> {
         };
         let storage = decision.storage.as_ref();
         AuditRecord {
-            ts: ts.to_string(),
+            ts: rfc3339(ts),
             uid: &req.uid,
             decision: decision.outcome,
             reason: &decision.reason,
@@ -198,6 +199,47 @@ impl<'a> AuditRecord<'a> {
         json::uint(out, *duration_micros);
         out.extend_from_slice(b"}\n");
     }
+}
+
+/// `ts` as jiff's `Display` writes it (RFC 3339 in UTC, the fraction of a second without
+/// trailing zeros), with the date and time of day formatted once per second on each thread:
+/// every audit line starts with one.
+fn rfc3339(ts: jiff::Timestamp) -> String {
+    thread_local! {
+        /// The whole second last formatted on this thread, without its `Z`.
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let (second, nanos) = (ts.as_second(), ts.subsec_nanosecond());
+    let Ok(whole) = jiff::Timestamp::from_second(second) else {
+        return ts.to_string();
+    };
+    if nanos < 0 {
+        return ts.to_string(); // before 1970: not worth a cache
+    }
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != second {
+            prefix.clear();
+            // Infallible for a String.
+            let _ = write!(prefix, "{whole}");
+            prefix.pop(); // the `Z`
+            *cached = second;
+        }
+        let mut text = String::with_capacity(prefix.len() + 11);
+        text.push_str(prefix);
+        if nanos != 0 {
+            let mut digits = [b'0'; 9];
+            let mut rest = nanos.unsigned_abs();
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            let len = digits.len() - digits.iter().rev().take_while(|d| **d == b'0').count();
+            text.push('.');
+            text.extend(digits[..len].iter().map(|d| char::from(*d)));
+        }
+        text.push('Z');
+        text
+    })
 }
 
 /// Where audit lines go.
@@ -563,6 +605,43 @@ mod tests {
         let written = written.lock().unwrap();
         assert_eq!(written.len(), (1 + queued) * line.len());
         assert!(written.chunks(line.len()).all(|l| l == line.as_slice()));
+    }
+
+    #[test]
+    fn timestamps_read_as_jiff_writes_them() {
+        let check = |second: i64, nanos: i32| {
+            let ts = jiff::Timestamp::new(second, nanos).unwrap();
+            assert_eq!(rfc3339(ts), ts.to_string(), "{second} s {nanos} ns");
+        };
+        // Whole seconds, trailing zeros, the same second again (cached), then other seconds.
+        for nanos in [
+            0,
+            1,
+            10,
+            120_000_000,
+            123_456_789,
+            999_999_999,
+            500_000_000,
+            0,
+        ] {
+            check(1_764_600_000, nanos);
+        }
+        for second in [0, 59, 86_399, 951_782_400, 4_102_444_799, 253_402_207_000] {
+            check(second, 7);
+            check(second, 0);
+        }
+        // Before 1970 (negative fraction) and jiff's limits.
+        check(-1, -1);
+        check(-86_400, 0);
+        check(jiff::Timestamp::MIN.as_second(), 0);
+        check(
+            jiff::Timestamp::MAX.as_second(),
+            jiff::Timestamp::MAX.subsec_nanosecond(),
+        );
+        proptest::proptest!(|(second in 0i64..4_102_444_800, nanos in 0i32..1_000_000_000)| {
+            check(second, nanos);
+            check(second, nanos / 1000 * 1000);
+        });
     }
 
     #[test]

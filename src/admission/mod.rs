@@ -409,16 +409,26 @@ pub(crate) fn propose(
         ),
     };
     // `kube-persist: added 100Gi volume on StorageClass nfs-client (Prometheus monitoring/k8s)`
-    let mut line = concat(&[
+    let head = [
         warning,
         what,
         " on StorageClass ",
         &added.storage_class_name,
         " (",
-    ]);
+    ];
+    let ident_len: usize = ident.parts().iter().map(|p| p.len()).sum();
+    let mut line =
+        String::with_capacity(head.iter().map(|p| p.len()).sum::<usize>() + ident_len + 1);
+    for part in head {
+        line.push_str(part);
+    }
     ident.push_to(&mut line);
     line.push(')');
-    let mut d = Decision::new(outcome, concat(&[reason, what])).warn(line);
+    // Room for the details a StatefulSet decision appends (emptyDirs left, raised sizes).
+    let mut why = String::with_capacity(reason.len() + what.len() + 64);
+    why.push_str(reason);
+    why.push_str(what);
+    let mut d = Decision::new(outcome, why).warn(line);
     d.patch = patch;
     d.storage = Some(added);
     d.warnings.append(&mut warnings);

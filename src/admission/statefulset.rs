@@ -436,9 +436,8 @@ impl<'p> Plan<'p> {
         self.convert.is_empty() && self.mount.is_none()
     }
 
-    /// `a (why), b (why)`.
-    fn left_text(&self) -> String {
-        let mut text = String::new();
+    /// Appends `a (why), b (why)`.
+    fn push_left(&self, text: &mut String) {
         for (i, (name, why)) in self.left.iter().enumerate() {
             if i > 0 {
                 text.push_str(", ");
@@ -447,7 +446,6 @@ impl<'p> Plan<'p> {
                 text.push_str(part);
             }
         }
-        text
     }
 
     /// The decision when there is nothing to add.
@@ -457,10 +455,9 @@ impl<'p> Plan<'p> {
                 "no emptyDir volume and no {ANNOTATION_PREFIX}mount-path annotation"
             ))
         } else {
-            Decision::skipped(format!(
-                "no emptyDir volume to convert: {}",
-                self.left_text()
-            ))
+            let mut reason = String::from("no emptyDir volume to convert: ");
+            self.push_left(&mut reason);
+            Decision::skipped(reason)
         }
     }
 }
@@ -740,25 +737,26 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> De
             }
         }
     }
+    let reason = &mut d.reason;
     for c in claims.iter().filter(|c| c.raised) {
-        d.reason
-            .push_str(&format!("; {} raised to its emptyDir sizeLimit", c.name));
+        for part in ["; ", c.name, " raised to its emptyDir sizeLimit"] {
+            reason.push_str(part);
+        }
     }
     if let Some(mount) = &plan.mount {
-        let names: Vec<&str> = mount
-            .targets
-            .iter()
-            .map(|t| t.container.name.as_ref())
-            .collect();
-        d.reason.push_str(&format!(
-            "; {MOUNT_PATH_CLAIM} mounted at {} in {}",
-            mount.path,
-            names.join(", ")
-        ));
+        for part in ["; ", MOUNT_PATH_CLAIM, " mounted at ", mount.path, " in "] {
+            reason.push_str(part);
+        }
+        for (i, t) in mount.targets.iter().enumerate() {
+            if i > 0 {
+                reason.push_str(", ");
+            }
+            reason.push_str(&t.container.name);
+        }
     }
     if !plan.left.is_empty() {
-        d.reason.push_str("; left as emptyDir: ");
-        d.reason.push_str(&plan.left_text());
+        reason.push_str("; left as emptyDir: ");
+        plan.push_left(reason);
     }
     d
 }

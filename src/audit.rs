@@ -2,8 +2,8 @@
 //!
 //! [`AuditRecord::new`] is a pure function of the request and the decision; it never holds
 //! object contents (no Secret data, no whole objects), only identity, decision and the patch
-//! operations. [`AuditLog`] writes the lines from a dedicated low-priority thread through a
-//! buffer, a few writes per batch of lines, so the log never becomes the webhook's bottleneck.
+//! operations. [`AuditLog`] writes the lines from a dedicated thread through a buffer, one write
+//! per batch of lines, so the log never becomes the webhook's bottleneck.
 
 use std::{
     cell::RefCell,
@@ -258,10 +258,6 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// the writer's extra wake-ups on the handlers' core took ~20% more CPU per review and raised
 /// p99 latency in the load benchmark.)
 const FLUSH_AT: usize = 256 * 1024;
-/// A batch is written in system calls of about this size, each ending with a line: the kernel
-/// does not preempt a thread inside `write`, so one 256 KiB call held a request handler
-/// scheduled behind it on the same core for ~0.5 ms.
-const WRITE_PIECE: usize = 16 * 1024;
 /// Above this, request handlers wait for the writer (backpressure instead of unbounded memory).
 const MAX_PENDING: usize = 32 * 1024 * 1024;
 /// The longest a request handler waits for a stalled audit output.
@@ -390,10 +386,7 @@ impl AuditLog {
         let writer = shared.clone();
         let thread = std::thread::Builder::new()
             .name("audit-log".to_string())
-            .spawn(move || {
-                yield_to_handlers();
-                write_lines(&writer, out);
-            })?;
+            .spawn(move || write_lines(&writer, out))?;
         Ok(AuditLog { shared, thread })
     }
 
@@ -413,32 +406,6 @@ impl AuditLog {
         shared.full.notify_one();
         if thread.join().is_err() {
             tracing::error!("Audit log writer panicked");
-        }
-    }
-}
-
-/// Puts the calling writer thread in Linux's `SCHED_IDLE` class, so that a request handler
-/// that becomes ready on the same core takes it at once (the kernel switches after the
-/// writer's current [`WRITE_PIECE`]) instead of waiting behind a whole batch: on a core shared
-/// with one tokio worker this cut the worker's wait behind the writer from ~1 us to ~0.25 us per
-/// review, and kube-persist's p99/p50 latency ratio at 16 connections from 3.2 to 2.1 (the
-/// reference server's: 2.3). The writer still runs whenever the handlers wait, which on an
-/// admission webhook is nearly always; a process that keeps every core busy for longer reaches
-/// [`MAX_PENDING`], where handlers wait for the writer (the bounded backpressure that also
-/// covers a stalled output), which frees a core for it. Best effort: if the class cannot be
-/// set (a seccomp profile that refuses it), the writer keeps the normal class.
-fn yield_to_handlers() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-            set_thread_priority_and_policy, thread_native_id,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if let Err(e) =
-            set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
-        {
-            tracing::debug!(error = ?e, "Audit log writer keeps the normal scheduling class");
         }
     }
 }
@@ -478,9 +445,7 @@ fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
         };
         shared.drained.notify_all();
         if !batch.is_empty() {
-            let result = pieces(&batch)
-                .try_for_each(|piece| out.write_all(piece))
-                .and_then(|()| out.flush());
+            let result = out.write_all(&batch).and_then(|()| out.flush());
             batch.clear();
             match (result, failing) {
                 (Err(e), false) => {
@@ -504,24 +469,6 @@ fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
             }
         }
     }
-}
-
-/// `batch` in pieces of at least [`WRITE_PIECE`] bytes (the last may be shorter), each cut
-/// after a newline so that no line is split across two writes.
-fn pieces(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = batch;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let end = rest
-            .get(WRITE_PIECE - 1..)
-            .and_then(|tail| tail.iter().position(|&b| b == b'\n'))
-            .map_or(rest.len(), |i| WRITE_PIECE + i);
-        let (piece, tail) = rest.split_at(end);
-        rest = tail;
-        Some(piece)
-    })
 }
 
 #[cfg(test)]
@@ -642,52 +589,6 @@ mod tests {
             check(second, nanos);
             check(second, nanos / 1000 * 1000);
         });
-    }
-
-    #[test]
-    fn batches_are_written_in_pieces_of_whole_lines() {
-        /// Keeps every buffer it is given as one write.
-        struct Calls(Arc<Mutex<Vec<Vec<u8>>>>);
-        impl Write for Calls {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().push(buf.to_vec());
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        // Lines of 1 to 3,000 bytes, 600 KiB in all: more than one full batch.
-        let lines: Vec<Vec<u8>> = (0..400)
-            .map(|i| {
-                let mut line = vec![b'a' + (i % 26) as u8; 1 + (i * 7919) % 3000];
-                line.push(b'\n');
-                line
-            })
-            .collect();
-        let longest = lines.iter().map(Vec::len).max().unwrap();
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let log = AuditLog::start(Box::new(Calls(calls.clone()))).unwrap();
-        let sender = log.sender();
-        for line in &lines {
-            sender.send(line);
-        }
-        log.close();
-        let calls = calls.lock().unwrap();
-        assert!(calls.len() >= 600 * 1024 / (WRITE_PIECE + longest));
-        for call in calls.iter() {
-            assert_eq!(call.last(), Some(&b'\n'), "a write ends with a whole line");
-            assert!(
-                call.len() < WRITE_PIECE + longest,
-                "a write of {} bytes",
-                call.len()
-            );
-        }
-        assert_eq!(calls.concat(), lines.concat());
-        // A batch without a final newline (never produced, but) is still written whole.
-        let odd: Vec<&[u8]> = pieces(b"no newline at all").collect();
-        assert_eq!(odd, [b"no newline at all".as_slice()]);
-        assert_eq!(pieces(b"").count(), 0);
     }
 
     #[test]

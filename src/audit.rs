@@ -210,14 +210,15 @@ fn rfc3339(ts: jiff::Timestamp) -> String {
         static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
     }
     let (second, nanos) = (ts.as_second(), ts.subsec_nanosecond());
-    let Ok(whole) = jiff::Timestamp::from_second(second) else {
-        return ts.to_string();
-    };
     if nanos < 0 {
         return ts.to_string(); // before 1970: not worth a cache
     }
     SECOND.with_borrow_mut(|(cached, prefix)| {
         if *cached != second {
+            // The whole second of a valid timestamp is one too.
+            let Ok(whole) = jiff::Timestamp::from_second(second) else {
+                return ts.to_string();
+            };
             prefix.clear();
             // Infallible for a String.
             let _ = write!(prefix, "{whole}");

@@ -134,20 +134,33 @@ const OPERATIONS: usize = 4;
 const OUTCOMES: usize = 6;
 const SLOTS: usize = KINDS * OPERATIONS * OUTCOMES;
 
-/// The index of a label set in [`WebhookMetrics::counters`] (out of range only if an enum grew
-/// without the constants above; the family is then used directly).
+/// The index of a label set in [`WebhookMetrics::counters`]. Every match is exhaustive, so a
+/// new kind, operation or outcome fails to compile here instead of sharing another's slot; the
+/// constants above are checked by the tests (out of range, the family is used directly).
 fn slot(target: Option<Target>, operation: Operation, outcome: Outcome) -> usize {
     let kind = match target {
-        Some(Target::Cr(kind)) => match kind {
-            CrKind::Prometheus => 0,
-            CrKind::PrometheusAgent => 1,
-            CrKind::Alertmanager => 2,
-            CrKind::ThanosRuler => 3,
-        },
+        Some(Target::Cr(CrKind::Prometheus)) => 0,
+        Some(Target::Cr(CrKind::PrometheusAgent)) => 1,
+        Some(Target::Cr(CrKind::Alertmanager)) => 2,
+        Some(Target::Cr(CrKind::ThanosRuler)) => 3,
         Some(Target::StatefulSet) => 4,
         None => 5,
     };
-    (kind * OPERATIONS + operation as usize) * OUTCOMES + outcome as usize
+    let operation = match operation {
+        Operation::Create => 0,
+        Operation::Update => 1,
+        Operation::Delete => 2,
+        Operation::Connect => 3,
+    };
+    let outcome = match outcome {
+        Outcome::Mutated => 0,
+        Outcome::Unchanged => 1,
+        Outcome::Skipped => 2,
+        Outcome::WouldMutate => 3,
+        Outcome::Invalid => 4,
+        Outcome::Error => 5,
+    };
+    (kind * OPERATIONS + operation) * OUTCOMES + outcome
 }
 
 /// Renders `registry` in the Prometheus text format.

@@ -217,7 +217,12 @@ impl fmt::Display for Ident<'_> {
 /// `parts` joined into one string of exactly their length: `format!` for the paths every
 /// mutated object takes.
 pub(crate) fn concat(parts: &[&str]) -> String {
-    let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    concat_with_room(parts, 0)
+}
+
+/// [`concat`], with room for `extra` more bytes (what the caller appends next).
+pub(crate) fn concat_with_room(parts: &[&str], extra: usize) -> String {
+    let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + extra);
     for part in parts {
         text.push_str(part);
     }
@@ -409,25 +414,21 @@ pub(crate) fn propose(
         ),
     };
     // `kube-persist: added 100Gi volume on StorageClass nfs-client (Prometheus monitoring/k8s)`
-    let head = [
-        warning,
-        what,
-        " on StorageClass ",
-        &added.storage_class_name,
-        " (",
-    ];
     let ident_len: usize = ident.parts().iter().map(|p| p.len()).sum();
-    let mut line =
-        String::with_capacity(head.iter().map(|p| p.len()).sum::<usize>() + ident_len + 1);
-    for part in head {
-        line.push_str(part);
-    }
+    let mut line = concat_with_room(
+        &[
+            warning,
+            what,
+            " on StorageClass ",
+            &added.storage_class_name,
+            " (",
+        ],
+        ident_len + 1,
+    );
     ident.push_to(&mut line);
     line.push(')');
     // Room for the details a StatefulSet decision appends (emptyDirs left, raised sizes).
-    let mut why = String::with_capacity(reason.len() + what.len() + 64);
-    why.push_str(reason);
-    why.push_str(what);
+    let why = concat_with_room(&[reason, what], 64);
     let mut d = Decision::new(outcome, why).warn(line);
     d.patch = patch;
     d.storage = Some(added);

@@ -786,4 +786,7 @@ fn object_names_read_the_same_however_they_are_written() {
         assert_eq!(pushed, format!("({expected}"));
     }
     assert_eq!(super::concat(&["a", "", "bc"]), "abc");
+    let roomy = super::concat_with_room(&["a", "bc"], 61);
+    assert_eq!(roomy, "abc");
+    assert!(roomy.capacity() >= 64);
 }

@@ -1,0 +1,770 @@
+//! The scenarios, in the order they run on one cluster. Each asserts on the API objects (read
+//! back with the pinned kubectl) and on the provisioner's NFS root; each uses namespaces of its
+//! own, so one failing leaves the others meaningful.
+
+use std::{
+    fs,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::harness::{
+    Cluster, NFS_PATH, NFS_SERVER, PROVISIONER_NAME, WEBHOOK_CONFIG, b64, repo, wait_for,
+    write_atomic,
+};
+
+/// A named scenario.
+pub struct Scenario {
+    /// Name, used to select scenarios on the command line.
+    pub name: &'static str,
+    /// The body; panics on failure.
+    pub run: fn(&mut Cluster),
+}
+
+/// Every scenario, in running order.
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "story",
+        run: story,
+    },
+    Scenario {
+        name: "apiserver-audit",
+        run: apiserver_audit,
+    },
+    Scenario {
+        name: "statefulset",
+        run: statefulset,
+    },
+    Scenario {
+        name: "reapply",
+        run: reapply,
+    },
+    Scenario {
+        name: "dry-run",
+        run: dry_run,
+    },
+    Scenario {
+        name: "outage",
+        run: outage,
+    },
+    Scenario {
+        name: "claim-deletion",
+        run: claim_deletion,
+    },
+    Scenario {
+        name: "leader-failover",
+        run: leader_failover,
+    },
+    Scenario {
+        name: "cert-rotation",
+        run: cert_rotation,
+    },
+];
+
+/// How long a claim may take to bind once a provisioner leads.
+const BIND: Duration = Duration::from_secs(60);
+/// The provisioner's Lease duration and retry period (its defaults).
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+/// The StorageClass of `deploy/` and the policy's default.
+const CLASS: &str = "prometheus-data-db";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn apply(c: &Cluster, object: &Value) -> crate::harness::Kubectl {
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &object.to_string());
+    assert!(out.ok, "kubectl apply failed: {}", out.stderr);
+    out
+}
+
+fn namespace(c: &Cluster, name: &str) {
+    apply(
+        c,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    );
+}
+
+/// `deploy/examples/prometheus-without-storage.yaml`, as parsed.
+fn example_prometheus() -> Value {
+    let path = repo().join("deploy/examples/prometheus-without-storage.yaml");
+    let text = fs::read_to_string(&path).expect("read the example Prometheus");
+    serde_saphyr::from_str(&text).expect("the example Prometheus is YAML")
+}
+
+/// The example Prometheus renamed into `namespace/name`, written to a manifest file.
+fn prometheus_manifest(c: &Cluster, namespace: &str, name: &str) -> PathBuf {
+    let mut p = example_prometheus();
+    p["metadata"]["name"] = json!(name);
+    p["metadata"]["namespace"] = json!(namespace);
+    let path = c.dir.join(format!("{namespace}-{name}.json"));
+    fs::write(&path, p.to_string()).expect("write manifest");
+    path
+}
+
+fn path_str(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+fn resource_version(object: &Value) -> String {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string()
+}
+
+/// Waits until claim `namespace/name` is Bound; returns it.
+fn wait_bound(c: &Cluster, namespace: &str, name: &str, limit: Duration) -> Value {
+    wait_for(
+        &format!("claim {namespace}/{name} Bound"),
+        limit,
+        || {
+            format!(
+                "claim now: {:?}\n{}",
+                c.get("pvc", Some(namespace), name)
+                    .map(|p| p["status"].clone()),
+                c.tails()
+            )
+        },
+        || {
+            c.get("pvc", Some(namespace), name)
+                .filter(|p| p["status"]["phase"] == "Bound")
+        },
+    )
+}
+
+/// Checks that a Bound claim's PV was made by our provisioner, with upstream's directory name
+/// `<namespace>-<claim>-<pv>` under the NFS root; returns that directory name.
+fn check_volume(c: &Cluster, claim: &Value) -> String {
+    let namespace = claim["metadata"]["namespace"].as_str().expect("namespace");
+    let name = claim["metadata"]["name"].as_str().expect("name");
+    let pv_name = claim["spec"]["volumeName"].as_str().expect("volumeName");
+    let pv = c.get("pv", None, pv_name).expect("the bound PV exists");
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"], PROVISIONER_NAME,
+        "PV {pv_name} was not made by our provisioner: {pv}"
+    );
+    let dir = format!("{namespace}-{name}-{pv_name}");
+    assert_eq!(pv["spec"]["nfs"]["server"], NFS_SERVER, "{pv}");
+    assert_eq!(
+        pv["spec"]["nfs"]["path"],
+        format!("{NFS_PATH}/{dir}"),
+        "{pv}"
+    );
+    assert_eq!(pv["spec"]["claimRef"]["name"], name);
+    assert!(
+        c.nfs_root.join(&dir).is_dir(),
+        "directory {dir} missing under the NFS root"
+    );
+    dir
+}
+
+fn warning_of(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("Warning: kube-persist:"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The original story
+
+/// `kubectl apply` of the example Prometheus without storage: our warning in kubectl's output,
+/// storage and extras stored, the operator's StatefulSet with the claim template, both
+/// replicas' claims Bound to PVs our provisioner made.
+fn story(c: &mut Cluster) {
+    namespace(c, "monitoring");
+    let example = repo().join("deploy/examples/prometheus-without-storage.yaml");
+    let out = c.kubectl(&["apply", "-f", &path_str(&example)]);
+    assert!(out.ok, "kubectl apply: {}", out.stderr);
+    assert_eq!(
+        warning_of(&out.stderr),
+        Some(
+            "Warning: kube-persist: added 100Gi volume on StorageClass prometheus-data-db \
+             (Prometheus monitoring/k8s)"
+        ),
+        "kubectl's output: {}",
+        out.stderr
+    );
+
+    let p = c
+        .get("prometheus", Some("monitoring"), "k8s")
+        .expect("stored");
+    let claim = &p["spec"]["storage"]["volumeClaimTemplate"]["spec"];
+    assert_eq!(claim["storageClassName"], CLASS, "{p}");
+    assert_eq!(claim["resources"]["requests"]["storage"], "100Gi", "{p}");
+    assert_eq!(claim["accessModes"], json!(["ReadWriteOnce"]), "{p}");
+    assert_eq!(p["spec"]["retentionSize"], "85GiB", "{p}");
+    assert_eq!(
+        p["spec"]["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        "{p}"
+    );
+    // What the manifest set is still there, unchanged.
+    assert_eq!(p["spec"]["retention"], "15d");
+    assert_eq!(p["spec"]["replicas"], 2);
+
+    let sts = wait_for(
+        "the operator's StatefulSet monitoring/prometheus-k8s",
+        Duration::from_secs(90),
+        || c.tails(),
+        || c.get("statefulset", Some("monitoring"), "prometheus-k8s"),
+    );
+    let templates = sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .expect("the operator's StatefulSet has volumeClaimTemplates");
+    assert_eq!(templates.len(), 1, "{sts}");
+    assert_eq!(templates[0]["metadata"]["name"], "prometheus-k8s-db");
+    assert_eq!(templates[0]["spec"]["storageClassName"], CLASS);
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+    );
+
+    for ordinal in 0..2 {
+        let name = format!("prometheus-k8s-db-prometheus-k8s-{ordinal}");
+        let claim = wait_bound(c, "monitoring", &name, BIND);
+        assert_eq!(claim["spec"]["storageClassName"], CLASS);
+        check_volume(c, &claim);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The API server's own audit log (right after the story, which it reads)
+
+/// The API server records our audit annotations, prefixed with the webhook's name, and that
+/// the webhook mutated the object, in its audit log.
+fn apiserver_audit(c: &mut Cluster) {
+    let events = c.audit_events();
+    let create = events
+        .iter()
+        .find(|e| {
+            e["verb"] == "create"
+                && e["stage"] == "ResponseComplete"
+                && e["objectRef"]["resource"] == "prometheuses"
+                && e["objectRef"]["namespace"] == "monitoring"
+                && e["objectRef"]["name"] == "k8s"
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no audit event for the Prometheus create among {}",
+                events.len()
+            )
+        });
+    let annotations = &create["annotations"];
+    assert_eq!(
+        annotations["mutate.kube-persist.io/decision"], "mutated",
+        "{create}"
+    );
+    assert_eq!(
+        annotations["mutate.kube-persist.io/storage"],
+        format!("{CLASS}/100Gi"),
+        "{create}"
+    );
+    let round: Value = serde_json::from_str(
+        annotations["mutation.webhook.admission.k8s.io/round_0_index_0"]
+            .as_str()
+            .expect("the dispatcher's mutation annotation"),
+    )
+    .expect("JSON annotation");
+    assert_eq!(
+        round,
+        json!({"configuration": WEBHOOK_CONFIG, "webhook": "mutate.kube-persist.io", "mutated": true})
+    );
+    assert_eq!(create["responseStatus"]["code"], 201);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A plain StatefulSet
+
+/// Only the disk-backed data `emptyDir` becomes a claim; the `medium: Memory` one and `tmp`
+/// stay, and the claim binds.
+fn statefulset(c: &mut Cluster) {
+    namespace(c, "apps");
+    let sts = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {
+            "serviceName": "web", "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [{
+                        "name": "app", "image": "registry.invalid/app:1",
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": "/data"},
+                            {"name": "ram", "mountPath": "/ram"},
+                            {"name": "tmp", "mountPath": "/tmp"}
+                        ]
+                    }],
+                    "volumes": [
+                        {"name": "data", "emptyDir": {}},
+                        {"name": "ram", "emptyDir": {"medium": "Memory"}},
+                        {"name": "tmp", "emptyDir": {}}
+                    ]
+                }
+            }
+        }
+    });
+    let out = apply(c, &sts);
+    assert!(
+        warning_of(&out.stderr).is_some(),
+        "no warning: {}",
+        out.stderr
+    );
+
+    let stored = c.get("statefulset", Some("apps"), "web").expect("stored");
+    let templates = stored["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .expect("volumeClaimTemplates added");
+    let names: Vec<&str> = templates
+        .iter()
+        .map(|t| t["metadata"]["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["data"], "{stored}");
+    assert_eq!(templates[0]["spec"]["storageClassName"], CLASS);
+    let volumes: Vec<&str> = stored["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| v["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(volumes, ["ram", "tmp"], "{stored}");
+
+    let claim = wait_bound(c, "apps", "data-web-0", BIND);
+    check_volume(c, &claim);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Applying the original manifest again
+
+/// Client-side apply, server-side apply and replace of the manifest without storage keep the
+/// storage; a second apply changes nothing; the webhook is never reinvoked.
+fn reapply(c: &mut Cluster) {
+    let ns = "gitops";
+    namespace(c, ns);
+    let manifest = path_str(&prometheus_manifest(c, ns, "gitops"));
+    let get = || c.get("prometheus", Some(ns), "gitops").expect("stored");
+
+    let out = c.kubectl(&["apply", "-f", &manifest]);
+    assert!(out.ok, "{}", out.stderr);
+    let storage = get()["spec"]["storage"].clone();
+    assert!(storage["volumeClaimTemplate"].is_object(), "storage added");
+
+    let modes: [(&str, &[&str]); 3] = [
+        ("client-side apply", &["apply", "-f"]),
+        ("server-side apply", &["apply", "--server-side", "-f"]),
+        ("replace", &["replace", "-f"]),
+    ];
+    for (mode, args) in modes {
+        let mut first = args.to_vec();
+        first.push(&manifest);
+        let out = c.kubectl(&first);
+        assert!(out.ok, "{mode}: {}", out.stderr);
+        let after = get();
+        assert_eq!(after["spec"]["storage"], storage, "{mode} lost the storage");
+        let again = c.kubectl(&first);
+        assert!(again.ok, "{mode} again: {}", again.stderr);
+        let after_again = get();
+        assert_eq!(after_again["spec"]["storage"], storage, "{mode} again");
+        assert_eq!(
+            resource_version(&after_again),
+            resource_version(&after),
+            "the second {mode} changed the object: {after_again}"
+        );
+        if mode == "client-side apply" {
+            assert!(again.stdout.contains("unchanged"), "{}", again.stdout);
+        }
+    }
+
+    // One webhook call per write: no reinvocation round, and every decision an answer.
+    let events = c.audit_events();
+    let ours: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["objectRef"]["namespace"] == ns && e["objectRef"]["resource"] == "prometheuses"
+        })
+        .collect();
+    assert!(!ours.is_empty(), "no audit events for {ns}");
+    for e in &ours {
+        let keys: Vec<&String> = e["annotations"]
+            .as_object()
+            .map(|a| a.keys().collect())
+            .unwrap_or_default();
+        assert!(
+            keys.iter().all(|k| !k.contains("round_1")),
+            "webhook reinvoked: {e}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Server-side dry run
+
+/// `kubectl apply --dry-run=server`: the warning reaches kubectl, nothing is stored, and the
+/// decision is audited as a dry run.
+fn dry_run(c: &mut Cluster) {
+    let ns = "gitops";
+    namespace(c, ns);
+    let manifest = path_str(&prometheus_manifest(c, ns, "dry"));
+    let out = c.kubectl(&["apply", "--dry-run=server", "-f", &manifest]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.contains("(server dry run)"), "{}", out.stdout);
+    assert_eq!(
+        warning_of(&out.stderr),
+        Some(
+            "Warning: kube-persist: added 100Gi volume on StorageClass prometheus-data-db \
+             (Prometheus gitops/dry)"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        c.get("prometheus", Some(ns), "dry").is_none(),
+        "a dry run stored the object"
+    );
+    let decision = c
+        .webhook_decisions()
+        .into_iter()
+        .find(|d| d["name"] == "dry" && d["namespace"] == ns)
+        .expect("an audit record for the dry run");
+    assert_eq!(decision["dryRun"], true, "{decision}");
+    assert_eq!(decision["decision"], "mutated", "{decision}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The webhook down, failurePolicy: Ignore
+
+/// With the webhook stopped the object is admitted unchanged (the API server records the
+/// failed-open call), and `kube-persist scan` against this API server reports it (exit 1).
+fn outage(c: &mut Cluster) {
+    assert_eq!(c.webhook_config["webhooks"][0]["failurePolicy"], "Ignore");
+    let ns = "outage";
+    namespace(c, ns);
+    c.stop_webhook();
+    let manifest = path_str(&prometheus_manifest(c, ns, "unprotected"));
+    let out = c.kubectl(&["apply", "-f", &manifest]);
+    // Started again before asserting, so a failure here does not cascade.
+    c.start_webhook();
+    assert!(
+        out.ok,
+        "the API server refused while the webhook was down: {}",
+        out.stderr
+    );
+    assert!(warning_of(&out.stderr).is_none(), "{}", out.stderr);
+    let stored = c
+        .get("prometheus", Some(ns), "unprotected")
+        .expect("stored");
+    assert!(stored["spec"]["storage"].is_null(), "{stored}");
+
+    let failed_open = c.audit_events().into_iter().any(|e| {
+        e["objectRef"]["name"] == "unprotected"
+            && e["verb"] == "create"
+            && e["annotations"].as_object().is_some_and(|a| {
+                a.keys()
+                    .any(|k| k.starts_with("failed-open.mutation.webhook"))
+            })
+    });
+    assert!(
+        failed_open,
+        "the API server did not record the failed-open webhook call"
+    );
+
+    let scan = c.kube_persist(&["scan", "-n", ns]);
+    assert_eq!(
+        scan.code,
+        Some(1),
+        "scan's exit code for an at-risk object: {}{}",
+        scan.stdout,
+        scan.stderr
+    );
+    assert!(scan.stdout.contains("unprotected"), "{}", scan.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Deleting claims
+
+/// Under a class with upstream's defaults (`reclaimPolicy: Delete`, no `archiveOnDelete` or
+/// `onDelete`), deleting the claim deletes the PV and archives the directory; under
+/// `reclaimPolicy: Retain`, the PV and the directory are kept.
+fn claim_deletion(c: &mut Cluster) {
+    let ns = "claims";
+    namespace(c, ns);
+    for (class, reclaim) in [("kp-defaults", "Delete"), ("kp-retain", "Retain")] {
+        apply(
+            c,
+            &json!({
+                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": class},
+                "provisioner": PROVISIONER_NAME,
+                "reclaimPolicy": reclaim,
+                "volumeBindingMode": "Immediate"
+            }),
+        );
+    }
+    let claim = |name: &str, class: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"storageClassName": class, "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        })
+    };
+    apply(c, &claim("archived", "kp-defaults"));
+    apply(c, &claim("retained", "kp-retain"));
+    let archived = wait_bound(c, ns, "archived", BIND);
+    let retained = wait_bound(c, ns, "retained", BIND);
+    let archived_dir = check_volume(c, &archived);
+    let retained_dir = check_volume(c, &retained);
+    fs::write(c.nfs_root.join(&archived_dir).join("data"), "metrics").expect("write data");
+    let archived_pv = archived["spec"]["volumeName"]
+        .as_str()
+        .expect("pv")
+        .to_string();
+    let retained_pv = retained["spec"]["volumeName"]
+        .as_str()
+        .expect("pv")
+        .to_string();
+
+    let out = c.kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pvc",
+        "archived",
+        "retained",
+        "--wait=true",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+
+    wait_for(
+        &format!("PV {archived_pv} deleted"),
+        BIND,
+        || c.tails(),
+        || c.get("pv", None, &archived_pv).is_none().then_some(()),
+    );
+    let archive = c.nfs_root.join(format!("archived-{archived_dir}"));
+    assert!(archive.is_dir(), "no {} after deletion", archive.display());
+    assert_eq!(
+        fs::read_to_string(archive.join("data")).ok().as_deref(),
+        Some("metrics"),
+        "the archived directory lost its data"
+    );
+    assert!(!c.nfs_root.join(&archived_dir).exists());
+
+    let released = wait_for(
+        &format!("PV {retained_pv} Released"),
+        BIND,
+        || c.tails(),
+        || {
+            c.get("pv", None, &retained_pv)
+                .filter(|pv| pv["status"]["phase"] == "Released")
+        },
+    );
+    assert_eq!(released["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    // Give the provisioner time to (wrongly) act on the released PV before checking.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        c.nfs_root.join(&retained_dir).is_dir(),
+        "retained directory removed"
+    );
+    assert!(!c.nfs_root.join(format!("archived-{retained_dir}")).exists());
+    assert!(
+        c.get("pv", None, &retained_pv).is_some(),
+        "retained PV deleted"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Two provisioners, the leader killed
+
+/// Two provisioners share the Lease. The leader is frozen (SIGSTOP) while claims are created,
+/// so they stay Pending, then killed (SIGKILL, no release): the other takes the Lease within
+/// its duration and binds the claims.
+fn leader_failover(c: &mut Cluster) {
+    let ns = "failover";
+    namespace(c, ns);
+    let second = c.start_provisioner("provisioner-b");
+    c.provisioners.push(second);
+
+    let lease_name = PROVISIONER_NAME.replace('/', "-");
+    let holder = wait_for(
+        "a provisioner holds the Lease",
+        Duration::from_secs(30),
+        || c.tails(),
+        || {
+            c.get("lease", Some("kube-persist"), &lease_name)
+                .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+                .filter(|h| !h.is_empty())
+        },
+    );
+    let identities: Vec<Option<String>> = c
+        .provisioners
+        .iter()
+        .map(Cluster::provisioner_identity)
+        .collect();
+    let leader = identities
+        .iter()
+        .position(|i| i.as_deref() == Some(holder.as_str()))
+        .unwrap_or_else(|| panic!("Lease holder {holder} is none of {identities:?}"));
+
+    c.provisioners[leader].signal("STOP");
+    let names = ["failover-0", "failover-1"];
+    for name in names {
+        apply(
+            c,
+            &json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"storageClassName": CLASS, "accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": "1Gi"}}}
+            }),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for name in names {
+        let claim = c.get("pvc", Some(ns), name).expect("claim");
+        assert_eq!(
+            claim["status"]["phase"], "Pending",
+            "bound with the leader frozen: {claim}"
+        );
+    }
+
+    let killed_at = Instant::now();
+    let mut dead = c.provisioners.remove(leader);
+    dead.kill();
+    for name in names {
+        let claim = wait_bound(c, ns, name, LEASE_DURATION + LEASE_RETRY + BIND);
+        check_volume(c, &claim);
+    }
+    let took = killed_at.elapsed();
+    eprintln!(
+        "leader-failover: claims bound {:.1} s after the leader was killed",
+        took.as_secs_f64()
+    );
+    let margin = Duration::from_secs(5);
+    assert!(
+        took <= LEASE_DURATION + LEASE_RETRY + margin,
+        "takeover took {:.1} s, more than the Lease duration ({} s) + retry ({} s) + {} s",
+        took.as_secs_f64(),
+        LEASE_DURATION.as_secs(),
+        LEASE_RETRY.as_secs(),
+        margin.as_secs()
+    );
+    let new_holder = c
+        .get("lease", Some("kube-persist"), &lease_name)
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string));
+    assert_ne!(
+        new_holder.as_deref(),
+        Some(holder.as_str()),
+        "the Lease did not move"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Certificate rotation under load
+
+/// While a bounded loop creates StatefulSets, the serving certificate is replaced by one from
+/// a new CA, the way a careful rotation does it: both CAs in the `caBundle`, then the new
+/// certificate, then only the new CA. Every create succeeds and is mutated (under
+/// `failurePolicy: Ignore` a TLS failure would admit the object unchanged, so "mutated" is
+/// the proof the API server reached the webhook every time).
+fn cert_rotation(c: &mut Cluster) {
+    let ns = "rotation";
+    namespace(c, ns);
+    let old_ca = {
+        let bundle = c.webhook_config["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .expect("caBundle")
+            .to_string();
+        String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, bundle)
+                .expect("caBundle base64"),
+        )
+        .expect("PEM")
+    };
+    let new = kube_persist::certs::generate(&kube_persist::certs::dev_options())
+        .expect("new certificate");
+    let set_bundle = |pem: &str| {
+        let patch = json!([{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle",
+                            "value": b64(pem)}]);
+        let out = c.kubectl(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            WEBHOOK_CONFIG,
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ]);
+        assert!(out.ok, "patching the caBundle: {}", out.stderr);
+    };
+
+    let done = AtomicBool::new(false);
+    let results = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let mut results = Vec::new();
+            for i in 0..300 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let name = format!("rot-{i}");
+                let out = c.kubectl_stdin(
+                    &["apply", "-f", "-"],
+                    &small_statefulset(ns, &name).to_string(),
+                );
+                results.push((name, out.ok, warning_of(&out.stderr).is_some(), out.stderr));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            results
+        });
+        let step = Duration::from_secs(3);
+        std::thread::sleep(step);
+        set_bundle(&format!("{old_ca}{}", new.ca_cert_pem));
+        std::thread::sleep(step);
+        write_atomic(&c.webhook_tls.join("tls.key"), &new.key_pem);
+        write_atomic(&c.webhook_tls.join("tls.crt"), &new.cert_pem);
+        std::thread::sleep(step);
+        set_bundle(&new.ca_cert_pem);
+        std::thread::sleep(step);
+        done.store(true, Ordering::Relaxed);
+        load.join().expect("the load thread")
+    });
+
+    assert!(results.len() >= 20, "only {} creates ran", results.len());
+    for (name, ok, warned, stderr) in &results {
+        assert!(ok, "create of {name} failed during rotation: {stderr}");
+        assert!(
+            warned,
+            "{name} was admitted without the webhook's answer: {stderr}"
+        );
+        let stored = c.get("statefulset", Some(ns), name).expect("stored");
+        assert!(
+            stored["spec"]["volumeClaimTemplates"].is_array(),
+            "{name} stored without its claim"
+        );
+    }
+    eprintln!("cert-rotation: {} creates, all mutated", results.len());
+    c.webhook_config["webhooks"][0]["clientConfig"]["caBundle"] = json!(b64(&new.ca_cert_pem));
+}
+
+fn small_statefulset(ns: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "serviceName": name, "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1",
+                                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                    "volumes": [{"name": "data", "emptyDir": {}}]
+                }
+            }
+        }
+    })
+}

@@ -167,6 +167,7 @@ fn bench_cycle(c: &mut Criterion) {
             metrics: Metrics::unregistered(),
             backoff: RetryBackoff::default(),
             sync_timeout: Duration::from_secs(5),
+            sync_gate: Default::default(),
         })
     });
     let template: PersistentVolumeClaim = fixture("pvc-prometheus.json");

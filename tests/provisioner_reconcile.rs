@@ -280,6 +280,7 @@ fn context(
         recorder: Recorder::new(client.clone(), reconcile::reporter(NAME, "test-pod")),
         backoff: RetryBackoff::default(),
         sync_timeout: Duration::from_secs(2),
+        sync_gate: Default::default(),
     })
 }
 
@@ -649,6 +650,61 @@ async fn claims_for_other_provisioners_are_ignored() {
     reconcile::reconcile_claim(Arc::new(pvc), ctx)
         .await
         .unwrap();
+    api.idle().await;
+}
+
+/// Right after a leader change the controllers start with empty caches, and every pending claim
+/// is reconciled at once while they fill. All of them must go on when the caches are ready: a
+/// reconcile left waiting until its sync timeout delayed the second of two claims by 30 s on a
+/// real control plane. Tokio's clock is paused, so the sync timeout costs no real time.
+#[tokio::test(start_paused = true)]
+async fn concurrent_reconciles_all_wake_when_the_caches_fill() {
+    let sync_timeout = Duration::from_secs(30);
+    let root = tempfile::tempdir().unwrap();
+    let (client, mut api) = mock();
+    let mut classes = Writer::<StorageClass>::default();
+    let mut volumes = Writer::<PersistentVolume>::default();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: config(root.path()),
+        classes: classes.as_reader(),
+        volumes: volumes.as_reader(),
+        fs: VolumeRoot::new(root.path().to_path_buf(), Duration::from_secs(5), ".probe"),
+        leader: LeaderHandle::always(),
+        metrics: Metrics::unregistered(),
+        recorder: Recorder::new(client.clone(), reconcile::reporter(NAME, "test-pod")),
+        backoff: RetryBackoff::default(),
+        sync_timeout,
+        sync_gate: Default::default(),
+    });
+    // Claims of another provisioner: once the caches are ready they are skipped, with no call.
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            let mut pvc = claim();
+            pvc.metadata.name = Some(format!("claim-{i}"));
+            let ann = pvc.metadata.annotations.as_mut().unwrap();
+            ann.insert(
+                "volume.kubernetes.io/storage-provisioner".into(),
+                "nfs.csi.k8s.io".into(),
+            );
+            tokio::spawn(reconcile::reconcile_claim(Arc::new(pvc), Arc::clone(&ctx)))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let filled = tokio::time::Instant::now();
+    classes.apply_watcher_event(&watcher::Event::Init);
+    classes.apply_watcher_event(&watcher::Event::InitDone);
+    volumes.apply_watcher_event(&watcher::Event::Init);
+    volumes.apply_watcher_event(&watcher::Event::InitDone);
+    for (i, task) in waiting.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        assert!(result.is_ok(), "reconcile {i}: {result:?}");
+        assert!(
+            filled.elapsed() < sync_timeout / 2,
+            "reconcile {i} woke only after {:?}, at its sync timeout",
+            filled.elapsed()
+        );
+    }
     api.idle().await;
 }
 

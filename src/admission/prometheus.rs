@@ -11,7 +11,7 @@ use super::{
     Decision, Ident, Outcome, Patch, Request, gate, json,
     patch::Token,
     propose,
-    view::{ObjectView, Operation},
+    view::{ObjectView, OldSpecView, Operation, SpecView},
 };
 use crate::{
     policy::{Mode, OnUpdate, Policy, RetentionPolicy, StorageSpec},
@@ -128,13 +128,9 @@ pub fn decide(
         return Decision::skipped("PrometheusAgent in DaemonSet mode cannot have storage");
     }
     if req.operation == Operation::Update {
-        let old_storage = req
-            .old_object
-            .as_ref()
-            .and_then(|o| o.spec.as_ref())
-            .and_then(|s| s.storage);
-        if let (Some(old), Some(_)) = (old_storage, spec) {
-            return keep_old_storage(&ident, policy, old.get());
+        let old_spec = req.old_object.as_ref().and_then(|o| o.spec.as_ref());
+        if let (Some(old), Some(spec)) = (old_spec.filter(|o| o.storage.is_some()), spec) {
+            return keep_old_storage(&ident, policy, old, spec);
         }
         if !(gate.adopt || policy.on_update == OnUpdate::Mutate) {
             return Decision::skipped(
@@ -150,7 +146,7 @@ pub fn decide(
     }
 
     let storage = &gate.storage;
-    let has = |f: fn(&super::view::SpecView<'_>) -> bool| spec.is_some_and(f);
+    let has = |f: fn(&SpecView<'_>) -> bool| spec.is_some_and(f);
     let retention_policy = policy.retention_policy == RetentionPolicy::Retain
         && kind.has_pvc_retention_policy()
         && !has(|s| s.persistent_volume_claim_retention_policy.is_some());
@@ -238,14 +234,39 @@ fn storage_value(out: &mut Vec<u8>, storage: &StorageSpec<'_>) {
     out.extend_from_slice(b"}}}}}");
 }
 
-/// An UPDATE that drops `spec.storage` (e.g. server-side apply of the original manifest without
-/// it): removing storage would make the operator recreate the pods on emptyDir, so the old
-/// storage is put back verbatim. Setting `emptyDir` explicitly is the way to opt out.
-fn keep_old_storage(ident: &Ident<'_>, policy: &Policy, old: &str) -> Decision {
-    let value: Value = match serde_json::from_str(old) {
-        Ok(v) => v,
-        Err(e) => return Decision::error(format!("cannot read oldObject.spec.storage: {e}")),
-    };
+/// An UPDATE that drops `spec.storage` (e.g. server-side apply or `kubectl replace` of the
+/// original manifest without it): removing storage would make the operator recreate the pods on
+/// emptyDir, so the old storage is put back verbatim, with the `retentionSize` and
+/// `persistentVolumeClaimRetentionPolicy` the same UPDATE dropped (those it sets are kept).
+/// Setting `emptyDir` explicitly is the way to opt out.
+fn keep_old_storage(
+    ident: &Ident<'_>,
+    policy: &Policy,
+    old: &OldSpecView<'_>,
+    new: &SpecView<'_>,
+) -> Decision {
+    let restored = [
+        ("storage", old.storage),
+        (
+            "retentionSize",
+            old.retention_size.filter(|_| new.retention_size.is_none()),
+        ),
+        (
+            "persistentVolumeClaimRetentionPolicy",
+            old.persistent_volume_claim_retention_policy
+                .filter(|_| new.persistent_volume_claim_retention_policy.is_none()),
+        ),
+    ];
+    let mut values = Vec::new();
+    for (field, raw) in restored {
+        let Some(raw) = raw else { continue };
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => values.push((field, value)),
+            Err(e) => {
+                return Decision::error(format!("cannot read oldObject.spec.{field}: {e}"));
+            }
+        }
+    }
     let mut d = match policy.mode_for(ident.namespace) {
         Mode::Enforce => Decision::new(
             Outcome::Mutated,
@@ -262,8 +283,10 @@ fn keep_old_storage(ident: &Ident<'_>, policy: &Policy, old: &str) -> Decision {
             "kube-persist: audit mode, would keep the existing spec.storage of {ident}"
         )),
     };
-    d.patch
-        .add_value(&[Token::Key("spec"), Token::Key("storage")], &value);
+    for (field, value) in &values {
+        d.patch
+            .add_value(&[Token::Key("spec"), Token::Key(field)], value);
+    }
     d
 }
 

@@ -702,6 +702,46 @@ fn restored_storage_is_described_as_such() {
     );
 }
 
+/// Server-side apply or `kubectl replace` of the original manifest drops everything the webhook
+/// added at creation, not only `spec.storage`: the extras come back with it, or the TSDB loses
+/// its size limit and the claims their retention policy on the next re-apply. A value the
+/// UPDATE itself sets wins.
+#[test]
+fn restoring_storage_restores_the_extras_the_update_dropped() {
+    let storage = json!({"volumeClaimTemplate": {"spec": {"storageClassName": "fast"}}});
+    let retain = json!({"whenDeleted": "Retain", "whenScaled": "Retain"});
+    let old = prometheus(json!({
+        "replicas": 1, "storage": storage, "retentionSize": "85GiB",
+        "persistentVolumeClaimRetentionPolicy": retain,
+    }));
+    let object = prometheus(json!({"replicas": 1}));
+    let (d, response) = decide(
+        &review_of(
+            "Prometheus",
+            "v1",
+            "UPDATE",
+            object.clone(),
+            Some(old.clone()),
+        ),
+        &Policy::default(),
+    );
+    assert_eq!(d.outcome, Outcome::Mutated);
+    assert_eq!(apply(&object, &response), old);
+
+    let object = prometheus(json!({"replicas": 1, "retentionSize": "10GiB"}));
+    let (_, response) = decide(
+        &review_of("Prometheus", "v1", "UPDATE", object.clone(), Some(old)),
+        &Policy::default(),
+    );
+    let patched = apply(&object, &response);
+    assert_eq!(patched["spec"]["retentionSize"], "10GiB");
+    assert_eq!(patched["spec"]["storage"], storage);
+    assert_eq!(
+        patched["spec"]["persistentVolumeClaimRetentionPolicy"],
+        retain
+    );
+}
+
 #[test]
 fn responses_are_byte_for_byte_serde_json_on_every_fixture() {
     let bodies: [&[u8]; 6] = [

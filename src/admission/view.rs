@@ -227,7 +227,7 @@ pub struct SpecView<'a> {
     pub template: Option<PodTemplateView<'a>>,
 }
 
-/// `oldObject`: only whether it had storage, and that storage verbatim.
+/// `oldObject`: only whether it had storage, and that storage (with its extras) verbatim.
 #[derive(Debug, Default, Deserialize)]
 pub struct OldObjectView<'a> {
     /// `spec`.
@@ -235,12 +235,19 @@ pub struct OldObjectView<'a> {
     pub spec: Option<OldSpecView<'a>>,
 }
 
-/// `oldObject.spec`.
+/// `oldObject.spec`: what an UPDATE that drops `spec.storage` gets back, verbatim.
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OldSpecView<'a> {
-    /// `spec.storage` of a custom resource, verbatim.
+    /// `spec.storage` of a custom resource.
     #[serde(borrow, default)]
     pub storage: Option<&'a RawValue>,
+    /// `spec.retentionSize` (Prometheus).
+    #[serde(borrow, default)]
+    pub retention_size: Option<&'a RawValue>,
+    /// `spec.persistentVolumeClaimRetentionPolicy`.
+    #[serde(borrow, default)]
+    pub persistent_volume_claim_retention_policy: Option<&'a RawValue>,
 }
 
 /// `metadata`.

@@ -169,6 +169,10 @@ pub struct Context {
     pub backoff: RetryBackoff,
     /// How long to wait for the caches to sync before failing a reconcile.
     pub sync_timeout: Duration,
+    /// Lets one task at a time wait for the caches: kube-runtime's readiness future wakes only
+    /// the task that polled it last, so reconciles waiting on it together (every pending claim
+    /// after a leader change) would otherwise sleep until their timeout.
+    pub sync_gate: tokio::sync::Mutex<()>,
 }
 
 /// The `reportingController` of our events: the provisioner name when it is a valid qualified
@@ -258,18 +262,22 @@ impl Context {
         }
     }
 
+    /// Waits until the StorageClass and PersistentVolume caches have their first list, one
+    /// waiter at a time (see `sync_gate`).
+    pub async fn caches_ready(&self) -> Result<(), Error> {
+        let _one_waiter = self.sync_gate.lock().await;
+        self.classes
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::NotSynced("storageclasses"))?;
+        self.volumes
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::NotSynced("persistentvolumes"))
+    }
+
     async fn synced(&self) -> Result<(), Error> {
-        let wait = async {
-            self.classes
-                .wait_until_ready()
-                .await
-                .map_err(|_| Error::NotSynced("storageclasses"))?;
-            self.volumes
-                .wait_until_ready()
-                .await
-                .map_err(|_| Error::NotSynced("persistentvolumes"))
-        };
-        tokio::time::timeout(self.sync_timeout, wait)
+        tokio::time::timeout(self.sync_timeout, self.caches_ready())
             .await
             .unwrap_or(Err(Error::NotSynced("storageclasses/persistentvolumes")))
     }

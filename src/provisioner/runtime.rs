@@ -305,6 +305,7 @@ async fn run_controllers(parts: Parts, tuning: Tuning) {
         metrics,
         backoff: RetryBackoff::default(),
         sync_timeout: tuning.sync_timeout,
+        sync_gate: Default::default(),
     });
     let run_volumes = volumes
         .run(
@@ -338,7 +339,7 @@ fn log_outcome<K, E: std::fmt::Display, Q: std::fmt::Display>(
 }
 
 async fn usage_loop(ctx: Arc<Context>, tuning: Tuning) {
-    if ctx.volumes.wait_until_ready().await.is_err() {
+    if ctx.caches_ready().await.is_err() {
         return;
     }
     let mut known = HashSet::new();

@@ -393,6 +393,8 @@ pub struct Cluster {
     /// The webhook's address (stable across restarts, so the registered URL stays valid).
     pub webhook_addr: SocketAddr,
     webhook_admin: SocketAddr,
+    /// The API server's URL.
+    pub api_url: String,
     /// The MutatingWebhookConfiguration as registered (JSON).
     pub webhook_config: Value,
     // Stopped in this order by `Drop for Cluster`: ours first, etcd last.
@@ -441,6 +443,7 @@ impl Cluster {
             webhook_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             webhook_admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             webhook_config: Value::Null,
+            api_url: String::new(),
             dir,
             logs,
             bins,
@@ -472,6 +475,8 @@ impl Cluster {
             ("apiserver.key", serving.key.as_str()),
             ("sa.key", &sa_key.serialize_pem()),
             ("sa.pub", &sa_key.public_key_pem()),
+            ("admin.crt", admin.cert.as_str()),
+            ("admin.key", admin.key.as_str()),
         ];
         for (name, contents) in files {
             fs::write(pki.join(name), contents).expect("write pki file");
@@ -550,6 +555,7 @@ impl Cluster {
             "current-context": "test",
         });
         fs::write(&self.kubeconfig, kubeconfig.to_string()).expect("write kubeconfig");
+        self.api_url = format!("https://127.0.0.1:{api_port}");
         self.wait_component(
             "kube-apiserver ready (/readyz)",
             Duration::from_secs(120),
@@ -628,8 +634,13 @@ impl Cluster {
 
         let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut op = Command::new(self.bins.go.join("operator"));
+        // The operator takes no kubeconfig: the API server and the admin client certificate.
+        let pki = self.dir.join("pki");
         op.args([
-            format!("--kubeconfig={}", self.kubeconfig.display()),
+            format!("--apiserver={}", self.api_url),
+            format!("--ca-file={}", pki.join("ca.crt").display()),
+            format!("--cert-file={}", pki.join("admin.crt").display()),
+            format!("--key-file={}", pki.join("admin.key").display()),
             format!("--web.listen-address={web}"),
             "--log-level=info".to_string(),
         ]);

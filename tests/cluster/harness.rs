@@ -924,19 +924,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for proc in self.provisioners.iter_mut() {
-            proc.stop();
-        }
-        for proc in [
-            &mut self.webhook,
-            &mut self.operator,
-            &mut self.controller_manager,
-            &mut self.apiserver,
-            &mut self.etcd,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        // Ours first, etcd last.
+        for proc in self.processes_mut() {
             proc.stop();
         }
     }

@@ -155,6 +155,19 @@ fn check_volume(c: &Cluster, claim: &Value) -> String {
     dir
 }
 
+/// kubectl printed our warning for a Prometheus given the policy's default storage.
+fn assert_added(stderr: &str, namespace: &str, name: &str) {
+    let expected = format!(
+        "Warning: kube-persist: added 100Gi volume on StorageClass {CLASS} \
+         (Prometheus {namespace}/{name})"
+    );
+    assert_eq!(
+        warning_of(stderr),
+        Some(expected.as_str()),
+        "kubectl's output: {stderr}"
+    );
+}
+
 fn warning_of(stderr: &str) -> Option<&str> {
     stderr
         .lines()
@@ -179,15 +192,7 @@ fn story(c: &mut Cluster) {
     let example = repo().join("deploy/examples/prometheus-without-storage.yaml");
     let out = c.kubectl(&["apply", "-f", &path_str(&example)]);
     assert!(out.ok, "kubectl apply: {}", out.stderr);
-    assert_eq!(
-        warning_of(&out.stderr),
-        Some(
-            "Warning: kube-persist: added 100Gi volume on StorageClass prometheus-data-db \
-             (Prometheus monitoring/k8s)"
-        ),
-        "kubectl's output: {}",
-        out.stderr
-    );
+    assert_added(&out.stderr, "monitoring", "k8s");
 
     let p = c
         .get("prometheus", Some("monitoring"), "k8s")
@@ -420,15 +425,7 @@ fn dry_run(c: &mut Cluster) {
     let out = c.kubectl(&["apply", "--dry-run=server", "-f", &manifest]);
     assert!(out.ok, "{}", out.stderr);
     assert!(out.stdout.contains("(server dry run)"), "{}", out.stdout);
-    assert_eq!(
-        warning_of(&out.stderr),
-        Some(
-            "Warning: kube-persist: added 100Gi volume on StorageClass prometheus-data-db \
-             (Prometheus gitops/dry)"
-        ),
-        "{}",
-        out.stderr
-    );
+    assert_added(&out.stderr, "gitops", "dry");
     assert!(
         c.get("prometheus", Some(ns), "dry").is_none(),
         "a dry run stored the object"

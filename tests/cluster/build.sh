@@ -32,7 +32,7 @@ if $complete; then
   exit 0
 fi
 
-echo "build.sh: building the control plane ($k8s_version) into $bin; cold, this takes 10-20 minutes on 2 cores" >&2
+echo "build.sh: building the control plane ($k8s_version) into $bin; cold (modules downloaded too), about 8 minutes on 2 cores" >&2
 staging="$root/$key/staging.$$"
 rm -rf "$staging"
 mkdir -p "$staging"

@@ -11,7 +11,7 @@ use std::fmt;
 
 use json_patch::PatchOperation;
 use serde::{Serialize, Serializer};
-use serde_json::{Value, value::RawValue};
+use serde_json::value::RawValue;
 
 use super::json;
 
@@ -82,14 +82,6 @@ impl Patch {
         out.extend_from_slice(br#","value":"#);
         value(out);
         self.end();
-    }
-
-    /// Appends `add` of `value` at `path`.
-    pub fn add_value(&mut self, path: &[Token<'_>], value: &Value) {
-        // Writing a Value to a Vec cannot fail.
-        self.add(path, |out| {
-            let _ = serde_json::to_writer(out, value);
-        });
     }
 
     /// The operations, parsed back (for applying them to a document).
@@ -212,14 +204,13 @@ mod tests {
         let mut patch = Patch::new();
         assert_eq!(patch.as_json(), b"[]");
         assert!(patch.operations().unwrap().is_empty());
-        patch.add_value(
-            &[Token::Key("spec"), Token::Key("storage")],
-            &json!({"a": 1}),
-        );
+        patch.add(&[Token::Key("spec"), Token::Key("storage")], |out| {
+            out.extend_from_slice(br#"{"a":1}"#)
+        });
         patch.remove(&[Token::Key("spec"), Token::Key("volumes"), Token::Index(2)]);
         patch.add(&[Token::Key("x~/y")], |out| json::str(out, "v"));
         assert_eq!(patch.len(), 3);
-        let text: Value = serde_json::from_slice(patch.as_json()).unwrap();
+        let text: serde_json::Value = serde_json::from_slice(patch.as_json()).unwrap();
         assert_eq!(
             text,
             json!([

@@ -5,7 +5,6 @@
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::Value;
 
 use super::{
     Decision, Ident, Outcome, Patch, Request, gate, json,
@@ -257,16 +256,6 @@ fn keep_old_storage(
                 .filter(|_| new.persistent_volume_claim_retention_policy.is_none()),
         ),
     ];
-    let mut values = Vec::new();
-    for (field, raw) in restored {
-        let Some(raw) = raw else { continue };
-        match serde_json::from_str::<Value>(raw.get()) {
-            Ok(value) => values.push((field, value)),
-            Err(e) => {
-                return Decision::error(format!("cannot read oldObject.spec.{field}: {e}"));
-            }
-        }
-    }
     let mut d = match policy.mode_for(ident.namespace) {
         Mode::Enforce => Decision::new(
             Outcome::Mutated,
@@ -283,9 +272,14 @@ fn keep_old_storage(
             "kube-persist: audit mode, would keep the existing spec.storage of {ident}"
         )),
     };
-    for (field, value) in &values {
-        d.patch
-            .add_value(&[Token::Key("spec"), Token::Key(field)], value);
+    for (field, raw) in restored {
+        // Copied verbatim: the API server sent them as JSON, so they are JSON.
+        if let Some(raw) = raw {
+            d.patch
+                .add(&[Token::Key("spec"), Token::Key(field)], |out| {
+                    out.extend_from_slice(raw.get().as_bytes())
+                });
+        }
     }
     d
 }

@@ -19,10 +19,19 @@ k8s_version="$(cd "$here" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 minor="${k8s_version#v1.}"
 minor="${minor%%.*}"
 
-key="$(cat "$here/go.mod" "$here/go.sum" "$0" <(go version) | sha256sum | cut -c1-16)"
+# Everything that changes the binaries: the pins, this script, and the Go that builds them (as
+# the module directory resolves it, toolchain switches included).
+key="$(cat "$here/go.mod" "$here/go.sum" "$0" \
+  <(cd "$here" && go version && go env GOFLAGS CGO_ENABLED GOEXPERIMENT GOARCH GOOS) |
+  sha256sum | cut -c1-16)"
 root="${KUBE_PERSIST_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-persist/cluster}"
 bin="$root/$key/bin"
 binaries=(etcd kube-apiserver kube-controller-manager kubectl operator helm)
+mkdir -p "$root"
+
+# One build per key at a time: a second run waits here, then finds the binaries.
+exec 9>"$root/$key.lock"
+flock 9
 
 complete=true
 for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || complete=false; done
@@ -33,8 +42,8 @@ if $complete; then
 fi
 
 echo "build.sh: building the control plane ($k8s_version) into $bin; cold (modules downloaded too), about 8 minutes on 2 cores" >&2
+rm -rf "$root/$key"/staging.*   # left by a build that was killed
 staging="$root/$key/staging.$$"
-rm -rf "$staging"
 mkdir -p "$staging"
 trap 'rm -rf "$staging"' EXIT
 

@@ -219,10 +219,13 @@ impl Proc {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
+        // CONT after TERM: a process frozen by a scenario (SIGSTOP) would not act on TERM.
+        for signal in ["-TERM", "-CONT"] {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(self.pid().to_string())
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -343,6 +346,13 @@ pub fn b64(pem: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // kubectl
+
+/// `program` run under coreutils' `timeout`: TERM after 120 s, KILL 5 s later (exit 124).
+pub fn bounded(program: &Path) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "5", "120"]).arg(program);
+    cmd
+}
 
 /// The result of a kubectl run.
 pub struct Kubectl {
@@ -846,9 +856,9 @@ impl Cluster {
             .join("\n")
     }
 
-    /// The pinned kubectl against this cluster.
+    /// The pinned kubectl against this cluster, killed after 2 minutes whatever it waits for.
     pub fn kubectl_cmd(&self) -> Command {
-        let mut cmd = Command::new(self.bins.go.join("kubectl"));
+        let mut cmd = bounded(&self.bins.go.join("kubectl"));
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .arg("--request-timeout=30s");
         cmd
@@ -880,22 +890,37 @@ impl Cluster {
 
     /// `kubectl get -o json` of one object, or `None` when it does not exist.
     pub fn get(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        self.try_get(resource, namespace, name)
+            .unwrap_or_else(|e| panic!("kubectl get {resource} {name}: {e}"))
+    }
+
+    /// Like [`Cluster::get`], with kubectl's failure as an error (for polls, which retry).
+    pub fn try_get(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, String> {
         let mut args = vec!["get", resource, name, "-o", "json", "--ignore-not-found"];
         if let Some(ns) = namespace {
             args.extend(["-n", ns]);
         }
         let out = self.kubectl(&args);
-        assert!(out.ok, "kubectl get {resource} {name}: {}", out.stderr);
-        if out.stdout.trim().is_empty() {
-            return None;
+        if !out.ok {
+            return Err(out.stderr);
         }
-        Some(serde_json::from_str(&out.stdout).expect("kubectl get output is JSON"))
+        if out.stdout.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&out.stdout)
+            .map(Some)
+            .map_err(|e| format!("output is not JSON: {e}"))
     }
 
     /// `kube-persist` (the release binary) with this cluster's kubeconfig.
     pub fn kube_persist(&self, args: &[&str]) -> Kubectl {
         finish(
-            Command::new(&self.bins.kube_persist)
+            bounded(&self.bins.kube_persist)
                 .env("KUBECONFIG", &self.kubeconfig)
                 .args(args)
                 .output()

@@ -12,5 +12,5 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 bin="$(tests/cluster/build.sh)"
 cargo build --release --locked --bin kube-persist
-KUBE_PERSIST_CLUSTER_BIN="$bin" KUBE_PERSIST_BIN="$PWD/target/release/kube-persist" \
+KUBE_PERSIST_CLUSTER_BIN="$bin" KUBE_PERSIST_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/kube-persist" \
   cargo test --locked --features cluster-tests --test cluster -- "$@"

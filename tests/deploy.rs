@@ -1810,10 +1810,17 @@ fn the_image_runs_what_the_deployment_expects() {
             .trim()
             .to_string()
     };
+    // The image runs the build the load benchmark measures: glibc and its allocator.
     assert!(
-        runtime.starts_with("gcr.io/distroless/static") || runtime.starts_with("scratch"),
-        "a static base: {}",
+        runtime.starts_with("gcr.io/distroless/cc"),
+        "a glibc base without a shell: {}",
         runtime.lines().next().unwrap_or_default()
+    );
+    let build = stages[stages.len() - 2];
+    assert!(
+        !build.contains("alpine") && !build.contains("musl"),
+        "the build stage links against glibc: {}",
+        build.lines().next().unwrap_or_default()
     );
 
     let d: Deployment = find(rendered("deploy"), "Deployment", "kube-persist");

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# compare.sh: kube-persist against the team's minimal reference webhook, side by side in one run.
+# compare.sh: kube-persist against a minimal reference webhook (and, with -O, against an earlier
+# kube-persist binary), side by side in one run.
 #
-# usage: benches/load/compare.sh [-r REF_DIR] [-n REPS] [-d SECONDS] [-w SECONDS] [-p POINTS]
-#                                [-o OUTDIR] [-B]
-#   -r REF_DIR   the reference server's crate (default: ../shared/bench/baseline, relative to the
-#                repository root), built with CARGO_TARGET_DIR=$REF_TARGET_DIR (default /tmp/ref)
+# usage: benches/load/compare.sh [-r REF_DIR] [-O OLD_BIN] [-n REPS] [-d SECONDS] [-w SECONDS]
+#                                [-p POINTS] [-o OUTDIR] [-B]
+#   -r REF_DIR   the reference server's crate: the least a correct webhook can do, kept outside
+#                this repository, in the team's bench kit (default: ../shared/bench/baseline,
+#                relative to the repository root); built with CARGO_TARGET_DIR=$REF_TARGET_DIR
+#                (default /tmp/ref). Only this script needs it; the tests never do.
+#   -O OLD_BIN   an earlier kube-persist release binary to measure in the same run (label
+#                `old`), e.g. one built from the previous commit
 #   -n REPS      repetitions of the whole matrix (default 3; medians are reported)
 #   -d SECONDS   measured duration of each point (default 5; passed to load.sh -d)
 #   -w SECONDS   warm-up before each point (default 1; load.sh -w)
@@ -15,11 +20,11 @@
 # env: SERVER_CPU (default 0) and LOAD_CPU (default 1): cores for the servers and the load
 #      generator; THREADS (default 1): tokio workers of both servers (reference: --threads,
 #      kube-persist: TOKIO_WORKER_THREADS); CERT_DIR (default /tmp/kp-bench-certs);
-#      KP_PORT/REF_PORT/KP_ADMIN_PORT (default 18443/18444/18080); CARGO_TARGET_DIR for
+#      KP_PORT/REF_PORT/KP_ADMIN_PORT (default 18443/18444/18080), OLD_PORT/OLD_ADMIN_PORT
+#      (18445/18081); CARGO_TARGET_DIR for
 #      kube-persist (default: the repository's target/). load.sh's BENCH_* variables pass through.
 #
-# Matrix (each point: kube-persist and the reference back to back, the order alternating
-# between repetitions; every point uses load.sh with the server's pid, so CPU per review,
+# Matrix (each point: the servers back to back, the order rotating between repetitions; every point uses load.sh with the server's pid, so CPU per review,
 # p50/p99 and peak RSS (VmHWM, reset before each point) are measured):
 #   prom-h1-c16   a-prometheus.json (5 KB)     HTTP/1.1 keep-alive, 16 connections
 #   prom-h1-c64   a-prometheus.json            HTTP/1.1 keep-alive, 64 connections
@@ -30,7 +35,8 @@
 #   prom-conn-c16 a-prometheus.json            new TCP + full TLS 1.3 handshake per request
 #                                              (connload -k), 16 in flight
 # Both servers use the ECDSA P-256 certificate from gen-certs.sh. kube-persist writes its audit
-# log to OUTDIR/kp-audit.log (truncated before every point).
+# log to OUTDIR/kp-audit.log (truncated before every point). The table (table.py) gives, per
+# point, each server's medians and the medians of the back-to-back ratios of one repetition.
 #
 # Talks to 127.0.0.1 only. Bounded: REPS <= 10, SECONDS <= 60 (load.sh caps its own retries and
 # quiet waits). Both servers are stopped on exit (trap), by pid.
@@ -41,12 +47,12 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 REF_DIR="$repo/../shared/bench/baseline"
-REPS=3 DUR=5 WARM=1 POINTS="" OUTDIR="" BUILD=1
-while getopts "r:n:d:w:p:o:Bh" o; do
+REPS=3 DUR=5 WARM=1 POINTS="" OUTDIR="" BUILD=1 OLD_BIN=""
+while getopts "r:O:n:d:w:p:o:Bh" o; do
   case "$o" in
-    r) REF_DIR=$OPTARG ;; n) REPS=$OPTARG ;; d) DUR=$OPTARG ;; w) WARM=$OPTARG ;;
+    r) REF_DIR=$OPTARG ;; O) OLD_BIN=$OPTARG ;; n) REPS=$OPTARG ;; d) DUR=$OPTARG ;; w) WARM=$OPTARG ;;
     p) POINTS=$OPTARG ;; o) OUTDIR=$OPTARG ;; B) BUILD=0 ;;
-    *) sed -n '2,38p' "$0"; exit 2 ;;
+    *) sed -n '2,44p' "$0"; exit 2 ;;
   esac
 done
 [[ "$REPS" =~ ^[0-9]+$ ]] && (( REPS >= 1 && REPS <= 10 )) || { echo "-n must be 1..10" >&2; exit 2; }
@@ -56,12 +62,13 @@ done
 SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1} THREADS=${THREADS:-1}
 CERT_DIR=${CERT_DIR:-/tmp/kp-bench-certs}
 KP_PORT=${KP_PORT:-18443} REF_PORT=${REF_PORT:-18444} KP_ADMIN_PORT=${KP_ADMIN_PORT:-18080}
+OLD_PORT=${OLD_PORT:-18445} OLD_ADMIN_PORT=${OLD_ADMIN_PORT:-18081}
 REF_TARGET_DIR=${REF_TARGET_DIR:-/tmp/ref}
 KP_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 OUTDIR=${OUTDIR:-/tmp/kp-compare-$(date +%Y%m%dT%H%M%S)}
 mkdir -p "$OUTDIR"
 TSV="$OUTDIR/results.tsv"
-AUDIT="$OUTDIR/kp-audit.log"
+AUDIT="$OUTDIR/kp-audit.log" OLD_AUDIT="$OUTDIR/old-audit.log"
 
 PROM="$repo/tests/fixtures/reviews/a-prometheus.json"
 STS="$repo/tests/fixtures/bench/b-sts-small.json"
@@ -96,13 +103,13 @@ fi
 REF_BIN="$REF_TARGET_DIR/release/baseline"
 KP_BIN="$KP_TARGET_DIR/release/kube-persist"
 export CONNLOAD_BIN="$REF_TARGET_DIR/release/connload"
-for b in "$REF_BIN" "$KP_BIN" "$CONNLOAD_BIN"; do [[ -x "$b" ]] || { echo "missing $b (build first)" >&2; exit 2; }; done
+for b in "$REF_BIN" "$KP_BIN" "$CONNLOAD_BIN" ${OLD_BIN:+"$OLD_BIN"}; do [[ -x "$b" ]] || { echo "missing $b (build first)" >&2; exit 2; }; done
 CERT_DIR="$CERT_DIR" "$here/gen-certs.sh" >/dev/null
 CA="$CERT_DIR/ca.crt" CRT="$CERT_DIR/server-ec.crt" KEY="$CERT_DIR/server-ec.key"
 
-KP_PID="" REF_PID=""
+KP_PID="" REF_PID="" OLD_PID=""
 stop() {
-  for p in $KP_PID $REF_PID; do
+  for p in $KP_PID $REF_PID $OLD_PID; do
     if kill -0 "$p" 2>/dev/null; then
       kill -TERM "$p" 2>/dev/null || true
       for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -132,17 +139,28 @@ TOKIO_WORKER_THREADS=$THREADS taskset -c "$SERVER_CPU" "$KP_BIN" serve \
   --listen "127.0.0.1:$KP_PORT" --admin-listen "127.0.0.1:$KP_ADMIN_PORT" \
   --tls-cert "$CRT" --tls-key "$KEY" --audit-log "$AUDIT" >"$OUTDIR/kube-persist.log" 2>&1 &
 KP_PID=$!
+SERVERS=(kp ref)
+if [[ -n "$OLD_BIN" ]]; then
+  : >"$OLD_AUDIT"
+  TOKIO_WORKER_THREADS=$THREADS taskset -c "$SERVER_CPU" "$OLD_BIN" serve \
+    --listen "127.0.0.1:$OLD_PORT" --admin-listen "127.0.0.1:$OLD_ADMIN_PORT" \
+    --tls-cert "$CRT" --tls-key "$KEY" --audit-log "$OLD_AUDIT" >"$OUTDIR/old.log" 2>&1 &
+  OLD_PID=$!
+  SERVERS=(kp old ref)
+fi
 TOKIO_WORKER_THREADS=$THREADS taskset -c "$SERVER_CPU" "$REF_BIN" \
   --cert "$CRT" --key "$KEY" --listen "127.0.0.1:$REF_PORT" --threads "$THREADS" \
   >"$OUTDIR/reference.log" 2>&1 &
 REF_PID=$!
 wait_ready "$KP_PORT" "$KP_PID"
 wait_ready "$REF_PORT" "$REF_PID"
+[[ -z "$OLD_PID" ]] || wait_ready "$OLD_PORT" "$OLD_PID"
 threads_of() { for t in /proc/"$1"/task/*; do cat "$t/comm"; done | sort | uniq -c | awk '{printf "%s%sx%s", sep, $1, $2; sep=", "} END {print ""}'; }
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "machine: nproc=$(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
   echo "kube-persist: $KP_BIN ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo" diff --quiet 2>/dev/null || echo '+dirty')), pid $KP_PID, threads: $(threads_of "$KP_PID")"
+  [[ -z "$OLD_PID" ]] || echo "old: $OLD_BIN, pid $OLD_PID, threads: $(threads_of "$OLD_PID")"
   echo "reference: $REF_BIN, pid $REF_PID, threads: $(threads_of "$REF_PID")"
   echo "servers on CPU $SERVER_CPU, load generator on CPU $LOAD_CPU, $THREADS tokio worker(s) each; ${REPS}x ${DUR}s per point"
 } | tee "$OUTDIR/setup.txt"
@@ -150,9 +168,15 @@ threads_of() { for t in /proc/"$1"/task/*; do cat "$t/comm"; done | sort | uniq 
 for rep in $(seq 1 "$REPS"); do
   for m in "${MATRIX[@]}"; do
     IFS='|' read -r name fix opts <<<"$m"
-    order=(kp ref); (( rep % 2 == 0 )) && order=(ref kp)
+    # Rotate the order, so no server always runs right after another.
+    n=${#SERVERS[@]} order=()
+    for i in $(seq 0 $((n - 1))); do order+=("${SERVERS[$(((i + rep - 1) % n))]}"); done
     for srv in "${order[@]}"; do
-      if [[ $srv == kp ]]; then port=$KP_PORT pid=$KP_PID; : >"$AUDIT"; else port=$REF_PORT pid=$REF_PID; fi
+      case $srv in
+        kp) port=$KP_PORT pid=$KP_PID; : >"$AUDIT" ;;
+        old) port=$OLD_PORT pid=$OLD_PID; : >"$OLD_AUDIT" ;;
+        ref) port=$REF_PORT pid=$REF_PID ;;
+      esac
       echo "== rep $rep/$REPS  $name  $srv"
       # shellcheck disable=SC2086
       "$here/load.sh" -u "https://127.0.0.1:$port/mutate" -f "$fix" $opts -d "$DUR" -w "$WARM" \
@@ -161,44 +185,5 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-python3 - "$TSV" "$OUTDIR/setup.txt" <<'PY' | tee "$OUTDIR/table.md"
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-data, order = {}, []
-for r in rows:
-    srv, point, _rep = r["label"].split("|")
-    if point not in order:
-        order.append(point)
-    data.setdefault((point, srv), []).append(r)
-def num(x):
-    try:
-        return float(x)
-    except ValueError:
-        return float("nan")
-def med(point, srv, col):
-    vals = [num(r[col]) for r in data.get((point, srv), [])]
-    vals = [v for v in vals if v == v]
-    return statistics.median(vals) if vals else float("nan")
-def f(x, d=1):
-    return "n/a" if x != x else f"{x:.{d}f}"
-def ratio(a, b):
-    return "n/a" if a != a or b != b or b == 0 else f"{a / b:.2f}"
-print("| point | kube-persist CPU us/review | reference CPU us/review | ratio | kube-persist p50 ms | reference p50 ms | kube-persist p99 ms | reference p99 ms | p99 ratio | kube-persist peak RSS MiB | reference peak RSS MiB | kube-persist req/s | reference req/s | failed requests (kp/ref) |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for p in order:
-    kc, rc = med(p, "kp", "srv_cpu_us_per_req"), med(p, "ref", "srv_cpu_us_per_req")
-    k99, r99 = med(p, "kp", "p99_ms"), med(p, "ref", "p99_ms")
-    bad = lambda s: sum(int(num(r["errors"]) + num(r["non2xx"])) for r in data.get((p, s), []))
-    print(f"| {p} | {f(kc)} | {f(rc)} | {ratio(kc, rc)} | {f(med(p, 'kp', 'p50_ms'), 3)} | {f(med(p, 'ref', 'p50_ms'), 3)} "
-          f"| {f(k99, 3)} | {f(r99, 3)} | {ratio(k99, r99)} | {f(med(p, 'kp', 'srv_peak_rss_kb') / 1024)} "
-          f"| {f(med(p, 'ref', 'srv_peak_rss_kb') / 1024)} | {f(med(p, 'kp', 'rps'), 0)} | {f(med(p, 'ref', 'rps'), 0)} | {bad('kp')}/{bad('ref')} |")
-print()
-print("CPU us/review of each repetition (kube-persist / reference), and the most CPU other processes took during a point:")
-print()
-for p in order:
-    k = [r["srv_cpu_us_per_req"] for r in data.get((p, "kp"), [])]
-    r_ = [r["srv_cpu_us_per_req"] for r in data.get((p, "ref"), [])]
-    other = max((num(r["other_proc_cpu_pct"]) for s in ("kp", "ref") for r in data.get((p, s), [])), default=float("nan"))
-    print(f"- {p}: {', '.join(k)} / {', '.join(r_)} (other processes: up to {f(other, 0)}% of a CPU)")
-PY
-echo "raw rows: $TSV; table: $OUTDIR/table.md"
+"$here/table.py" "$TSV" | tee "$OUTDIR/table.md"
+echo "raw rows: $TSV; setup: $OUTDIR/setup.txt; table: $OUTDIR/table.md"

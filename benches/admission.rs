@@ -61,7 +61,7 @@ fn review(c: &mut Criterion) {
                     Duration::from_micros(10),
                 );
                 line.clear();
-                record.write_line(&mut line);
+                record.write_line(&mut line).expect("serializes");
                 black_box((reviewed.response.len(), line.len()))
             })
         });

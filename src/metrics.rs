@@ -37,6 +37,13 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of audit records that were not written.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditDropLabels {
+    /// `queue_full` (the audit writer is behind a slow or stalled output) or `write_error`.
+    pub reason: &'static str,
+}
+
 /// The webhook's metrics.
 #[derive(Debug, Clone)]
 pub struct WebhookMetrics {
@@ -54,6 +61,8 @@ pub struct WebhookMetrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// Open webhook connections.
     pub connections: Gauge,
+    /// Audit records dropped, by reason (the audit log counts them).
+    pub audit_dropped: Family<AuditDropLabels, Counter>,
 }
 
 impl WebhookMetrics {
@@ -69,6 +78,7 @@ impl WebhookMetrics {
             errors: Family::default(),
             reloads: Family::default(),
             connections: Gauge::default(),
+            audit_dropped: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("kube_persist");
         registry.register(
@@ -95,6 +105,11 @@ impl WebhookMetrics {
             "webhook_connections",
             "Open webhook connections",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "audit_records_dropped",
+            "Audit records not written, by reason: queue_full (the writer is behind a slow or stalled output) or write_error",
+            metrics.audit_dropped.clone(),
         );
         metrics
     }

@@ -137,12 +137,15 @@ impl Server {
             max_connections,
             provisioner,
         } = config;
-        let audit = AuditLog::open(match &audit_log {
-            Some(path) => AuditTarget::File(path),
-            None => AuditTarget::Stdout,
-        })?;
         let mut registry = Registry::default();
         let metrics = WebhookMetrics::register(&mut registry);
+        let audit = AuditLog::open(
+            match &audit_log {
+                Some(path) => AuditTarget::File(path),
+                None => AuditTarget::Stdout,
+            },
+            &metrics.audit_dropped,
+        )?;
         let provisioner = match provisioner {
             Some(config) => {
                 let client = kube::Client::try_default().await.context(

@@ -648,19 +648,19 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_checked_for_rotation_at_most_every_second() {
+    fn the_file_is_checked_for_rotation_only_after_the_check_interval() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let rotated = dir.path().join("audit.log.1");
-        let log = AuditLog::open(AuditTarget::File(&path), &counters()).unwrap();
-        let sender = log.sender();
+        let mut output = Output::open(AuditTarget::File(&path)).unwrap();
+        output.check_every = Duration::from_secs(3600);
         std::fs::rename(&path, &rotated).unwrap();
-        // Right after opening: still the old file.
-        sender.send(b"one\n".to_vec());
-        wait_for(&rotated, "one\n");
-        std::thread::sleep(REOPEN_CHECK);
-        sender.send(b"two\n".to_vec());
-        log.close();
+        // Within the interval: still the old file.
+        output.reopen_if_rotated();
+        output.file.write_all(b"one\n").unwrap();
+        output.check_every = Duration::ZERO;
+        output.reopen_if_rotated();
+        output.file.write_all(b"two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
     }

@@ -230,7 +230,7 @@ fn webhook(object: &Value) -> (kube_persist::admission::Outcome, Option<json_pat
         let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
         serde_json::from_slice(&bytes).unwrap()
     });
-    (reviewed.decision.outcome, patch)
+    (reviewed.decision.outcome(), patch)
 }
 
 #[test]

@@ -3,12 +3,13 @@
 //! `volumeClaimTemplate` (and the protective extras the kind's CRD declares), and builds the
 //! `add` operations. Never touches a CR that chose its storage.
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use json_patch::{PatchOperation, jsonptr::PointerBuf};
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_json::{Map, Value};
 
 use super::{
-    Decision, Ident, Outcome, Patch, Request, gate, json,
-    patch::Token,
+    Change, Decision, Ident, Patch, Request, Verdict, gate,
+    patch::{self, ClaimSpec},
     propose,
     view::{ObjectView, OldSpecView, Operation, SpecView},
 };
@@ -157,80 +158,60 @@ pub fn decide(
         quantity::format_retention_size(limit)
     });
     let fields = [
-        Some(Field::Storage),
-        retention_policy.then_some(Field::RetentionPolicy),
-        retention_size.as_deref().map(Field::RetentionSize),
+        Some(("storage", storage_value(storage))),
+        retention_policy.then(|| ("persistentVolumeClaimRetentionPolicy", retain_both())),
+        retention_size.map(|size| ("retentionSize", Ok(Value::String(size)))),
     ];
-    let fields = fields.iter().flatten();
-    let mut patch = Patch::new();
-    if spec.is_some() {
-        for field in fields {
-            patch.add(&[Token::Key("spec"), Token::Key(field.name())], |out| {
-                field.write(out, storage)
-            });
-        }
+    let fields = fields.into_iter().flatten();
+    let patch = if spec.is_some() {
+        fields
+            .map(|(name, value)| patch::add(PointerBuf::from_tokens(["spec", name]), value?))
+            .collect()
     } else {
         // No spec at all: one `add` of the whole object.
-        patch.add(&[Token::Key("spec")], |out| {
-            out.push(b'{');
-            for (i, field) in fields.enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                json::str(out, field.name());
-                out.push(b':');
-                field.write(out, storage);
-            }
-            out.push(b'}');
-        });
-    }
-    let what = super::concat(&[storage.size.as_str(), " volume"]);
-    propose(&ident, policy, storage, patch, &what, gate.warnings)
-}
-
-/// A field of `spec` that a mutation adds.
-enum Field<'a> {
-    /// `storage`: a claim template on the policy's storage.
-    Storage,
-    /// `persistentVolumeClaimRetentionPolicy`: keep the claims on deletion and scale-down.
-    RetentionPolicy,
-    /// `retentionSize`, as written.
-    RetentionSize(&'a str),
-}
-
-impl Field<'_> {
-    fn name(&self) -> &'static str {
-        match self {
-            Field::Storage => "storage",
-            Field::RetentionPolicy => "persistentVolumeClaimRetentionPolicy",
-            Field::RetentionSize(_) => "retentionSize",
-        }
-    }
-
-    /// Appends the field's value.
-    fn write(&self, out: &mut Vec<u8>, storage: &StorageSpec<'_>) {
-        match self {
-            Field::Storage => storage_value(out, storage),
-            Field::RetentionPolicy => out.extend_from_slice(RETAIN_BOTH),
-            Field::RetentionSize(size) => json::str(out, size),
-        }
-    }
+        fields
+            .map(|(name, value)| Ok((name.to_string(), value?)))
+            .collect::<Result<Map<_, _>, serde_json::Error>>()
+            .and_then(|spec| Ok(vec![patch::add(PointerBuf::from_tokens(["spec"]), spec)?]))
+    };
+    let patch = match patch {
+        Ok(operations) => Patch(operations),
+        Err(e) => return Decision::error(format!("cannot build the patch: {e}")),
+    };
+    let what = format!("{} volume", storage.size.as_str());
+    propose(&ident, policy, storage, patch, &what, "", gate.warnings)
 }
 
 /// `persistentVolumeClaimRetentionPolicy` keeping the claims on deletion and scale-down.
-const RETAIN_BOTH: &[u8] = br#"{"whenDeleted":"Retain","whenScaled":"Retain"}"#;
+fn retain_both() -> Result<Value, serde_json::Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RetentionPolicy {
+        when_deleted: &'static str,
+        when_scaled: &'static str,
+    }
+    serde_json::to_value(RetentionPolicy {
+        when_deleted: "Retain",
+        when_scaled: "Retain",
+    })
+}
 
-/// `spec.storage` with a claim template on `storage`:
-/// `{"volumeClaimTemplate":{"spec":{"storageClassName":..,"accessModes":[..],
-/// "resources":{"requests":{"storage":..}}}}}`.
-fn storage_value(out: &mut Vec<u8>, storage: &StorageSpec<'_>) {
-    out.extend_from_slice(br#"{"volumeClaimTemplate":{"spec":{"storageClassName":"#);
-    json::str(out, &storage.storage_class_name);
-    out.extend_from_slice(br#","accessModes":"#);
-    json::str_array(out, &storage.access_modes);
-    out.extend_from_slice(br#","resources":{"requests":{"storage":"#);
-    json::str(out, storage.size.as_str());
-    out.extend_from_slice(b"}}}}}");
+/// `spec.storage` with a claim template on `storage`.
+fn storage_value(storage: &StorageSpec<'_>) -> Result<Value, serde_json::Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Storage<'a> {
+        volume_claim_template: Template<'a>,
+    }
+    #[derive(Serialize)]
+    struct Template<'a> {
+        spec: ClaimSpec<'a>,
+    }
+    serde_json::to_value(Storage {
+        volume_claim_template: Template {
+            spec: ClaimSpec::new(storage, &storage.size),
+        },
+    })
 }
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply or `kubectl replace` of the
@@ -256,32 +237,41 @@ fn keep_old_storage(
                 .filter(|_| new.persistent_volume_claim_retention_policy.is_none()),
         ),
     ];
-    let mut d = match policy.mode_for(ident.namespace) {
-        Mode::Enforce => Decision::new(
-            Outcome::Mutated,
-            "restored spec.storage, which the UPDATE removed",
-        )
-        .warn(format!(
-            "kube-persist: kept the existing spec.storage of {ident} (this UPDATE removed it)"
-        )),
-        Mode::Audit => Decision::new(
-            Outcome::WouldMutate,
-            "audit mode: would restore spec.storage, which the UPDATE removed",
-        )
-        .warn(format!(
-            "kube-persist: audit mode, would keep the existing spec.storage of {ident}"
-        )),
+    // Copied verbatim: the API server sent them as JSON, so they are JSON.
+    let patch = restored
+        .into_iter()
+        .filter_map(|(field, raw)| Some((field, raw?)))
+        .map(|(field, raw)| {
+            let value: Value = serde_json::from_str(raw.get())?;
+            patch::add(PointerBuf::from_tokens(["spec", field]), value)
+        })
+        .collect::<Result<Vec<PatchOperation>, serde_json::Error>>();
+    let patch = match patch {
+        Ok(operations) => Patch(operations),
+        Err(e) => return Decision::error(format!("cannot restore spec.storage: {e}")),
     };
-    for (field, raw) in restored {
-        // Copied verbatim: the API server sent them as JSON, so they are JSON.
-        if let Some(raw) = raw {
-            d.patch
-                .add(&[Token::Key("spec"), Token::Key(field)], |out| {
-                    out.extend_from_slice(raw.get().as_bytes())
-                });
-        }
-    }
-    d
+    let (reason, warning, verdict): (_, _, fn(Change) -> Verdict) = match policy
+        .mode_for(ident.namespace)
+    {
+        Mode::Enforce => (
+            "restored spec.storage, which the UPDATE removed",
+            format!(
+                "kube-persist: kept the existing spec.storage of {ident} (this UPDATE removed it)"
+            ),
+            Verdict::Mutate,
+        ),
+        Mode::Audit => (
+            "audit mode: would restore spec.storage, which the UPDATE removed",
+            format!("kube-persist: audit mode, would keep the existing spec.storage of {ident}"),
+            Verdict::WouldMutate,
+        ),
+    };
+    Decision::of(verdict(Change {
+        reason: reason.to_string(),
+        patch,
+        storage: None,
+    }))
+    .warn(warning)
 }
 
 /// `bytes * ratio`, rounded down, without going through floating point for large values.
@@ -303,29 +293,20 @@ mod tests {
     }
 
     #[test]
-    fn written_values_equal_the_json_they_replace() {
+    fn added_values_are_the_json_the_manifests_show() {
         let storage = StorageSpec {
-            storage_class_name: "nfs \"client\"".into(),
+            storage_class_name: "nfs".into(),
             size: std::borrow::Cow::Owned(crate::quantity::Quantity::parse("100Gi").unwrap()),
-            access_modes: vec!["ReadWriteOnce".to_string(), "ReadWriteMany".to_string()].into(),
+            access_modes: vec!["ReadWriteOnce".to_string()].into(),
             source: crate::policy::Source::Default,
         };
-        let mut out = Vec::new();
-        storage_value(&mut out, &storage);
-        let expected = json!({
-            "volumeClaimTemplate": {
-                "spec": {
-                    "storageClassName": storage.storage_class_name,
-                    "accessModes": storage.access_modes,
-                    "resources": { "requests": { "storage": "100Gi" } },
-                }
-            }
-        });
-        assert_eq!(out, serde_json::to_vec(&expected).unwrap());
         assert_eq!(
-            RETAIN_BOTH,
-            serde_json::to_vec(&json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }))
-                .unwrap()
+            serde_json::to_string(&storage_value(&storage).unwrap()).unwrap(),
+            r#"{"volumeClaimTemplate":{"spec":{"storageClassName":"nfs","accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"100Gi"}}}}}"#
+        );
+        assert_eq!(
+            retain_both().unwrap(),
+            json!({ "whenDeleted": "Retain", "whenScaled": "Retain" })
         );
     }
 

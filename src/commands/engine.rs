@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    admission::{self, Decision, Ident, Outcome, Target},
+    admission::{self, Decision, Ident, Target, Verdict},
     cli::OperationArg,
     policy::Policy,
 };
@@ -76,17 +76,17 @@ pub struct Decided {
 }
 
 impl Decided {
-    /// The operations the webhook would return (empty unless it mutates).
-    pub fn patch(&self) -> &admission::Patch {
-        self.decision.response_patch()
+    /// The patch the webhook returns: only when it mutates (not in audit mode).
+    pub fn patch(&self) -> Option<&admission::Patch> {
+        match &self.decision.verdict {
+            Verdict::Mutate(change) => Some(&change.patch),
+            _ => None,
+        }
     }
 
     /// Whether the webhook changes, or in audit mode would change, the object.
     pub fn changes(&self) -> bool {
-        matches!(
-            self.decision.outcome,
-            Outcome::Mutated | Outcome::WouldMutate
-        )
+        self.decision.change().is_some()
     }
 }
 
@@ -271,8 +271,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decided.ident, "Prometheus monitoring/k8s");
-        assert_eq!(decided.decision.outcome, Outcome::Mutated);
+        assert_eq!(decided.decision.outcome(), admission::Outcome::Mutated);
         assert!(decided.changes());
-        assert!(!decided.patch().is_empty());
+        assert!(decided.patch().is_some());
     }
 }

@@ -109,12 +109,12 @@ pub fn check(body: &[u8], policy: &Policy) -> Checked {
     assert_eq!(response["response"]["uid"], uid, "uid echoed");
     assert_eq!(
         response["response"]["allowed"],
-        decision.denied.is_none(),
+        decision.denied().is_none(),
         "allowed unless denied"
     );
     assert_eq!(
         response["response"]["auditAnnotations"]["decision"],
-        decision.outcome.as_str()
+        decision.outcome().as_str()
     );
     for w in &decision.warnings {
         assert!(
@@ -127,11 +127,11 @@ pub fn check(body: &[u8], policy: &Policy) -> Checked {
     let ops = response_patch(&response);
     assert_eq!(
         ops.is_some(),
-        decision.outcome == Outcome::Mutated,
+        decision.outcome() == Outcome::Mutated,
         "a patch exactly when mutated: {}",
-        decision.reason
+        decision.reason()
     );
-    if decision.outcome == Outcome::Mutated {
+    if decision.outcome() == Outcome::Mutated {
         assert_eq!(response["response"]["patchType"], "JSONPatch");
     }
     let ops = ops.unwrap_or_default();
@@ -154,10 +154,10 @@ pub fn check(body: &[u8], policy: &Policy) -> Checked {
     assert!(
         second_response["response"].get("patch").is_none(),
         "re-submitting the result gave a patch: {}",
-        second.decision.reason
+        second.decision.reason()
     );
     if !ops.is_empty() {
-        assert_eq!(second.decision.outcome, Outcome::Unchanged);
+        assert_eq!(second.decision.outcome(), Outcome::Unchanged);
         assert!(
             second.decision.warnings.is_empty(),
             "{:?}",

@@ -6,6 +6,7 @@
 //! [`Verdict`] (only a mutation carries a patch) plus warnings; patches are `add`/`remove`
 //! operations built from typed values ([`patch`]), never by diffing a re-serialized object.
 
+mod body;
 pub mod patch;
 pub mod prometheus;
 pub mod statefulset;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::policy::{
     self, AnnotationError, Mode, Overrides, Policy, Source, StorageSpec, parse_bool_annotation,
 };
+pub use body::{DEFAULT_UID, ReviewBody};
 pub use patch::Patch;
 pub use prometheus::CrKind;
 pub use view::{MetaView, Operation, Request, ReviewView};

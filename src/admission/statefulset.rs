@@ -791,7 +791,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        admission::{MAX_WARNING_LEN, Outcome, review},
+        admission::{MAX_WARNING_LEN, Outcome, ReviewBody, review},
         policy::Source,
     };
 
@@ -847,28 +847,14 @@ mod tests {
     }
 
     fn review_of(op: &str, object: &Value) -> Vec<u8> {
-        let old = if op == "UPDATE" {
-            object.clone()
-        } else {
-            Value::Null
-        };
-        serde_json::to_vec(&json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": UID,
-                "kind": {"group": "apps", "version": "v1", "kind": "StatefulSet"},
-                "resource": {"group": "apps", "version": "v1", "resource": "statefulsets"},
-                "name": object["metadata"]["name"],
-                "namespace": object["metadata"]["namespace"],
-                "operation": op,
-                "userInfo": {"username": "alice"},
-                "object": object,
-                "oldObject": old,
-                "dryRun": false,
-            },
-        }))
-        .unwrap()
+        let body = ReviewBody::new(object).uid(UID).user("alice", &[]);
+        match op {
+            "UPDATE" => body
+                .operation(Operation::Update)
+                .old_object(object)
+                .to_vec(),
+            _ => body.to_vec(),
+        }
     }
 
     fn run(op: &str, object: &Value, policy: &Policy) -> (Decision, Value) {

@@ -8,26 +8,16 @@ use super::{
 };
 
 fn review_of(kind: &str, version: &str, op: &str, object: Value, old: Option<Value>) -> Vec<u8> {
-    let mut request = json!({
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-        "kind": {"group": "monitoring.coreos.com", "version": version, "kind": kind},
-        "resource": {"group": "monitoring.coreos.com", "version": version, "resource": "x"},
-        "name": object.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
-        "namespace": "monitoring",
-        "operation": op,
-        "userInfo": {"username": "alice", "groups": ["system:authenticated", "team-a"]},
-        "object": object,
-        "dryRun": false,
-    });
-    if let Some(old) = old {
-        request["oldObject"] = old;
+    let op: Operation = serde_json::from_value(op.into()).unwrap();
+    let body = ReviewBody::new(&object)
+        .kind("monitoring.coreos.com", version, kind)
+        .namespace(Some("monitoring"))
+        .operation(op)
+        .user("alice", &["system:authenticated", "team-a"]);
+    match &old {
+        Some(old) => body.old_object(old).to_vec(),
+        None => body.to_vec(),
     }
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": request,
-    }))
-    .unwrap()
 }
 
 fn prometheus(spec: Value) -> Value {

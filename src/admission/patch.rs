@@ -8,17 +8,15 @@
 
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::{policy::StorageSpec, quantity::Quantity};
 
 pub use json_patch::Patch;
 
 /// `add` of `value` at `path`.
-pub fn add(path: PointerBuf, value: impl Serialize) -> Result<PatchOperation, serde_json::Error> {
-    Ok(PatchOperation::Add(AddOperation {
-        path,
-        value: serde_json::to_value(value)?,
-    }))
+pub fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
 }
 
 /// `remove` of `path`.
@@ -74,10 +72,9 @@ mod tests {
             add(
                 PointerBuf::from_tokens(["spec", "storage"]),
                 json!({"a": 1}),
-            )
-            .unwrap(),
+            ),
             remove(volume),
-            add(PointerBuf::from_tokens(["x~/y", "-"]), "v").unwrap(),
+            add(PointerBuf::from_tokens(["x~/y", "-"]), json!("v")),
         ]);
         assert_eq!(
             serde_json::to_value(&patch).unwrap(),

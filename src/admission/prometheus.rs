@@ -5,7 +5,7 @@
 
 use json_patch::{PatchOperation, jsonptr::PointerBuf};
 use serde::{Deserialize, Serialize, de::IgnoredAny};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
     Change, Decision, Ident, Patch, Request, Verdict, gate,
@@ -14,7 +14,7 @@ use super::{
     view::{ObjectView, OldSpecView, Operation, SpecView},
 };
 use crate::{
-    policy::{Mode, OnUpdate, Policy, RetentionPolicy, StorageSpec},
+    policy::{Mode, OnUpdate, Policy, RetentionPolicy},
     quantity,
 };
 
@@ -157,61 +157,69 @@ pub fn decide(
         let limit = scaled(storage.size.bytes(), policy.retention_size_ratio);
         quantity::format_retention_size(limit)
     });
-    let fields = [
-        Some(("storage", storage_value(storage))),
-        retention_policy.then(|| ("persistentVolumeClaimRetentionPolicy", retain_both())),
-        retention_size.map(|size| ("retentionSize", Ok(Value::String(size)))),
-    ];
-    let fields = fields.into_iter().flatten();
-    let patch = if spec.is_some() {
-        fields
-            .map(|(name, value)| patch::add(PointerBuf::from_tokens(["spec", name]), value?))
-            .collect()
-    } else {
-        // No spec at all: one `add` of the whole object.
-        fields
-            .map(|(name, value)| Ok((name.to_string(), value?)))
-            .collect::<Result<Map<_, _>, serde_json::Error>>()
-            .and_then(|spec| Ok(vec![patch::add(PointerBuf::from_tokens(["spec"]), spec)?]))
+    let additions = Additions {
+        storage: Storage {
+            volume_claim_template: Template {
+                spec: ClaimSpec::new(storage, &storage.size),
+            },
+        },
+        persistent_volume_claim_retention_policy: retention_policy.then_some(ClaimRetention {
+            when_deleted: "Retain",
+            when_scaled: "Retain",
+        }),
+        retention_size,
     };
-    let patch = match patch {
-        Ok(operations) => Patch(operations),
+    let patch = match add_to_spec(&additions, spec.is_some()) {
+        Ok(patch) => patch,
         Err(e) => return Decision::error(format!("cannot build the patch: {e}")),
     };
     let what = format!("{} volume", storage.size.as_str());
     propose(&ident, policy, storage, patch, &what, "", gate.warnings)
 }
 
-/// `persistentVolumeClaimRetentionPolicy` keeping the claims on deletion and scale-down.
-fn retain_both() -> Result<Value, serde_json::Error> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct RetentionPolicy {
-        when_deleted: &'static str,
-        when_scaled: &'static str,
-    }
-    serde_json::to_value(RetentionPolicy {
-        when_deleted: "Retain",
-        when_scaled: "Retain",
-    })
+/// The fields of `spec` a mutation adds, in the order they are added.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Additions<'a> {
+    storage: Storage<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persistent_volume_claim_retention_policy: Option<ClaimRetention>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_size: Option<String>,
 }
 
-/// `spec.storage` with a claim template on `storage`.
-fn storage_value(storage: &StorageSpec<'_>) -> Result<Value, serde_json::Error> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Storage<'a> {
-        volume_claim_template: Template<'a>,
-    }
-    #[derive(Serialize)]
-    struct Template<'a> {
-        spec: ClaimSpec<'a>,
-    }
-    serde_json::to_value(Storage {
-        volume_claim_template: Template {
-            spec: ClaimSpec::new(storage, &storage.size),
-        },
-    })
+/// `spec.storage`: a claim template on the policy's storage.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Storage<'a> {
+    volume_claim_template: Template<'a>,
+}
+
+#[derive(Serialize)]
+struct Template<'a> {
+    spec: ClaimSpec<'a>,
+}
+
+/// `persistentVolumeClaimRetentionPolicy`: keep the claims on deletion and scale-down.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimRetention {
+    when_deleted: &'static str,
+    when_scaled: &'static str,
+}
+
+/// One `add` per field of `additions`, or a single `add` of the whole `spec` when the object has
+/// none.
+fn add_to_spec(additions: &Additions<'_>, has_spec: bool) -> Result<Patch, serde_json::Error> {
+    Ok(Patch(match serde_json::to_value(additions)? {
+        Value::Object(fields) if has_spec => fields
+            .into_iter()
+            .map(|(name, value)| {
+                patch::add(PointerBuf::from_tokens(["spec", name.as_str()]), value)
+            })
+            .collect(),
+        spec => vec![patch::add(PointerBuf::from_tokens(["spec"]), spec)],
+    }))
 }
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply or `kubectl replace` of the
@@ -237,13 +245,13 @@ fn keep_old_storage(
                 .filter(|_| new.persistent_volume_claim_retention_policy.is_none()),
         ),
     ];
-    // Copied verbatim: the API server sent them as JSON, so they are JSON.
+    // Copied as they were: the API server sent them as JSON, so they parse.
     let patch = restored
         .into_iter()
         .filter_map(|(field, raw)| Some((field, raw?)))
         .map(|(field, raw)| {
-            let value: Value = serde_json::from_str(raw.get())?;
-            patch::add(PointerBuf::from_tokens(["spec", field]), value)
+            let value = serde_json::from_str(raw.get())?;
+            Ok(patch::add(PointerBuf::from_tokens(["spec", field]), value))
         })
         .collect::<Result<Vec<PatchOperation>, serde_json::Error>>();
     let patch = match patch {
@@ -283,7 +291,7 @@ fn scaled(bytes: u128, ratio: f64) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::policy::StorageSpec;
 
     #[test]
     fn ratio_scaling_rounds_down_exactly() {
@@ -293,20 +301,38 @@ mod tests {
     }
 
     #[test]
-    fn added_values_are_the_json_the_manifests_show() {
+    fn additions_are_one_add_per_field_or_the_whole_spec() {
         let storage = StorageSpec {
             storage_class_name: "nfs".into(),
             size: std::borrow::Cow::Owned(crate::quantity::Quantity::parse("100Gi").unwrap()),
             access_modes: vec!["ReadWriteOnce".to_string()].into(),
             source: crate::policy::Source::Default,
         };
+        let additions = Additions {
+            storage: Storage {
+                volume_claim_template: Template {
+                    spec: ClaimSpec::new(&storage, &storage.size),
+                },
+            },
+            persistent_volume_claim_retention_policy: Some(ClaimRetention {
+                when_deleted: "Retain",
+                when_scaled: "Retain",
+            }),
+            retention_size: None,
+        };
+        let claim = r#"{"volumeClaimTemplate":{"spec":{"storageClassName":"nfs","accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"100Gi"}}}}}"#;
+        let retain = r#"{"whenDeleted":"Retain","whenScaled":"Retain"}"#;
         assert_eq!(
-            serde_json::to_string(&storage_value(&storage).unwrap()).unwrap(),
-            r#"{"volumeClaimTemplate":{"spec":{"storageClassName":"nfs","accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"100Gi"}}}}}"#
+            serde_json::to_string(&add_to_spec(&additions, true).unwrap()).unwrap(),
+            format!(
+                r#"[{{"op":"add","path":"/spec/storage","value":{claim}}},{{"op":"add","path":"/spec/persistentVolumeClaimRetentionPolicy","value":{retain}}}]"#
+            )
         );
         assert_eq!(
-            retain_both().unwrap(),
-            json!({ "whenDeleted": "Retain", "whenScaled": "Retain" })
+            serde_json::to_string(&add_to_spec(&additions, false).unwrap()).unwrap(),
+            format!(
+                r#"[{{"op":"add","path":"/spec","value":{{"storage":{claim},"persistentVolumeClaimRetentionPolicy":{retain}}}}}]"#
+            )
         );
     }
 

@@ -621,8 +621,8 @@ fn operations(
         .collect();
     ops.push(patch::add(
         PointerBuf::from_tokens(["spec", "volumeClaimTemplates"]),
-        templates,
-    )?);
+        serde_json::to_value(templates)?,
+    ));
     if let Some(mount) = &plan.mount {
         let data = DataMount {
             name: MOUNT_PATH_CLAIM,
@@ -633,9 +633,9 @@ fn operations(
             ops.push(if t.container.volume_mounts.is_some() {
                 let mut end = mounts;
                 end.push_back("-");
-                patch::add(end, &data)?
+                patch::add(end, serde_json::to_value(&data)?)
             } else {
-                patch::add(mounts, [&data])?
+                patch::add(mounts, serde_json::to_value([&data])?)
             });
         }
     }

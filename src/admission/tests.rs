@@ -1,4 +1,5 @@
-//! Table tests of the engine over hand-written reviews of the Prometheus-Operator kinds.
+//! Table tests of the engine over reviews of the Prometheus-Operator kinds, built with
+//! [`ReviewBody`].
 
 use serde_json::{Value, json};
 

@@ -224,7 +224,7 @@ fn add_to_spec(additions: &Additions<'_>, has_spec: bool) -> Result<Patch, serde
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply or `kubectl replace` of the
 /// original manifest without it): removing storage would make the operator recreate the pods on
-/// emptyDir, so the old storage is put back verbatim, with the `retentionSize` and
+/// emptyDir, so the old storage is put back as it was, with the `retentionSize` and
 /// `persistentVolumeClaimRetentionPolicy` the same UPDATE dropped (those it sets are kept).
 /// Setting `emptyDir` explicitly is the way to opt out.
 fn keep_old_storage(

@@ -80,77 +80,21 @@ pub struct NamespaceOverride {
 pub struct StatefulSetPolicy {
     /// The exclusion patterns as written.
     pub exclude_volume_names: Vec<String>,
-    /// The patterns that are plain text (the defaults are), compared as text.
-    plain: Vec<PlainPattern>,
-    /// The others, through the regex engine.
+    /// The same patterns, compiled.
     exclude: RegexSet,
 }
 
 impl StatefulSetPolicy {
     fn new(exclude_volume_names: Vec<String>) -> Result<StatefulSetPolicy, regex::Error> {
-        let mut plain = Vec::new();
-        let mut regexes = Vec::new();
-        for pattern in &exclude_volume_names {
-            match PlainPattern::of(pattern) {
-                Some(p) => plain.push(p),
-                None => regexes.push(pattern.as_str()),
-            }
-        }
         Ok(StatefulSetPolicy {
-            plain,
-            exclude: RegexSet::new(regexes)?,
+            exclude: RegexSet::new(&exclude_volume_names)?,
             exclude_volume_names,
         })
     }
 
     /// Whether an emptyDir volume of this name stays an emptyDir.
     pub fn is_excluded_volume(&self, name: &str) -> bool {
-        self.plain.iter().any(|p| p.is_match(name))
-            || (!self.exclude.is_empty() && self.exclude.is_match(name))
-    }
-}
-
-/// An exclusion pattern without regex syntax, optionally anchored: `cache`, `^tmp`, `^run$`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PlainPattern {
-    Anywhere(String),
-    Prefix(String),
-    Suffix(String),
-    Whole(String),
-}
-
-impl PlainPattern {
-    /// The pattern, if it means the same as text: letters, digits, `-` and `_` between an
-    /// optional `^` and an optional `$`.
-    fn of(pattern: &str) -> Option<PlainPattern> {
-        let (start, rest) = pattern
-            .strip_prefix('^')
-            .map_or((false, pattern), |rest| (true, rest));
-        let (end, text) = rest
-            .strip_suffix('$')
-            .map_or((false, rest), |text| (true, text));
-        if !text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return None;
-        }
-        let text = text.to_string();
-        Some(match (start, end) {
-            (false, false) => PlainPattern::Anywhere(text),
-            (true, false) => PlainPattern::Prefix(text),
-            (false, true) => PlainPattern::Suffix(text),
-            (true, true) => PlainPattern::Whole(text),
-        })
-    }
-
-    fn is_match(&self, name: &str) -> bool {
-        match self {
-            PlainPattern::Anywhere(t) => name.contains(t.as_str()),
-            PlainPattern::Prefix(t) => name.starts_with(t.as_str()),
-            PlainPattern::Suffix(t) => name.ends_with(t.as_str()),
-            PlainPattern::Whole(t) => name == t,
-        }
+        self.exclude.is_match(name)
     }
 }
 
@@ -677,26 +621,9 @@ impl Default for StatefulSetsFile {
 mod tests {
     use super::*;
 
-    proptest::proptest! {
-        /// Plain-text patterns match exactly where the regex engine would.
-        #[test]
-        fn plain_patterns_match_like_regexes(
-            patterns in proptest::collection::vec("\\^?[a-z0-9_-]{0,4}\\$?|[a-z]{1,3}[.*+?|]?[a-z]{0,2}", 0..4),
-            names in proptest::collection::vec("[a-z0-9-]{0,10}", 1..8),
-        ) {
-            let policy = StatefulSetPolicy::new(patterns.clone()).unwrap();
-            let set = RegexSet::new(&patterns).unwrap();
-            for name in &names {
-                proptest::prop_assert_eq!(policy.is_excluded_volume(name), set.is_match(name), "{:?} on {:?}", patterns, name);
-            }
-        }
-    }
-
     #[test]
-    fn the_default_exclusions_need_no_regex() {
+    fn the_default_exclusions_match_names_as_documented() {
         let policy = Policy::default().stateful_sets;
-        assert_eq!(policy.plain.len(), policy.exclude_volume_names.len());
-        assert!(policy.exclude.is_empty());
         for (name, excluded) in [
             ("tmp", true),
             ("tmp-files", true),
@@ -711,7 +638,6 @@ mod tests {
             assert_eq!(policy.is_excluded_volume(name), excluded, "{name}");
         }
         let mixed = StatefulSetPolicy::new(vec!["^wal$".into(), "^t.p$".into()]).unwrap();
-        assert_eq!(mixed.plain, [PlainPattern::Whole("wal".into())]);
         assert!(mixed.is_excluded_volume("tmp") && mixed.is_excluded_volume("wal"));
         assert!(!mixed.is_excluded_volume("wall"));
     }

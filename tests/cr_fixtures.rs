@@ -68,7 +68,7 @@ fn decide(object: &Value, op: &str, uid: &str, policy: &Policy) -> (Outcome, Val
     let reviewed = review(&body, policy).unwrap();
     let response: Value = serde_json::from_slice(&reviewed.response).unwrap();
     assert_eq!(response["response"]["uid"], uid, "uid echoed");
-    (reviewed.decision.outcome, response)
+    (reviewed.decision.outcome(), response)
 }
 
 #[test]

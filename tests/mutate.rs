@@ -24,7 +24,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
@@ -201,28 +201,14 @@ fn objects(stream: &str) -> Vec<Value> {
 /// The webhook's answer for `object` on CREATE, as the API server would ask (built here, not by
 /// the command's own code).
 fn webhook(object: &Value) -> (kube_persist::admission::Outcome, Option<json_patch::Patch>) {
-    let api_version = object["apiVersion"].as_str().unwrap();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let namespace = object
-        .pointer("/metadata/namespace")
-        .cloned()
-        .unwrap_or(json!("default"));
-    let body = serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "e2e",
-            "kind": {"group": group, "version": version, "kind": object["kind"]},
-            "resource": {"group": group, "version": version, "resource": "any"},
-            "name": object.pointer("/metadata/name"),
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters"]},
-            "object": object,
-            "dryRun": false,
-        },
-    }))
-    .unwrap();
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let body = kube_persist::admission::ReviewBody::new(object)
+        .uid("e2e")
+        .namespace(Some(namespace))
+        .user("kubernetes-admin", &["system:masters"])
+        .to_vec();
     let reviewed =
         kube_persist::admission::review(&body, &kube_persist::policy::Policy::default()).unwrap();
     let response: Value = serde_json::from_slice(&reviewed.response).unwrap();
@@ -230,7 +216,7 @@ fn webhook(object: &Value) -> (kube_persist::admission::Outcome, Option<json_pat
         let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
         serde_json::from_slice(&bytes).unwrap()
     });
-    (reviewed.decision.outcome, patch)
+    (reviewed.decision.outcome(), patch)
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn fixture(name: &str) -> (Vec<u8>, Checked) {
 
 fn assert_outcome(name: &str, checked: &Checked, outcome: Outcome, claims: &[(&str, &str)]) {
     let d = &checked.decision;
-    assert_eq!(d.outcome, outcome, "{name}: {}", d.reason);
+    assert_eq!(d.outcome(), outcome, "{name}: {}", d.reason());
     let got: Vec<(&str, &str)> = checked.result["spec"]["volumeClaimTemplates"]
         .as_array()
         .into_iter()
@@ -175,7 +175,7 @@ fn redis_master_converts_data_and_the_scratch_volume_under_the_default_policy() 
         ]
     );
     assert_eq!(
-        c.decision.reason,
+        c.decision.reason(),
         "added 100Gi volumes empty-dir, redis-data"
     );
     assert_eq!(
@@ -211,11 +211,11 @@ fn redis_replicas_convert_only_the_listed_volume_raised_to_its_size_limit() {
     let (_, c) = fixture("redis-bitnami-replicas.yaml");
     let d = &c.decision;
     assert_eq!(
-        d.reason,
+        d.reason(),
         "added 150Gi volume redis-data; redis-data raised to its emptyDir sizeLimit; \
          left as emptyDir: empty-dir (not in kube-persist.io/volumes)"
     );
-    let storage = d.storage.as_ref().unwrap();
+    let storage = d.storage().unwrap();
     assert_eq!(
         (storage.storage_class_name.as_str(), storage.size.as_str()),
         ("fast-nfs", "150Gi")
@@ -236,7 +236,7 @@ fn postgresql_keeps_its_shared_memory_and_the_init_container_mounts_the_claim() 
     );
     assert!(
         c.decision
-            .reason
+            .reason()
             .ends_with("left as emptyDir: dshm (medium: Memory)")
     );
     assert_eq!(
@@ -249,7 +249,7 @@ fn postgresql_keeps_its_shared_memory_and_the_init_container_mounts_the_claim() 
 fn elasticsearch_gets_a_new_data_claim_in_the_listed_container_only() {
     let (_, c) = fixture("elasticsearch-elastic.yaml");
     assert_eq!(
-        c.decision.reason,
+        c.decision.reason(),
         "added 30Gi volume data; data mounted at /usr/share/elasticsearch/data in elasticsearch"
     );
     let mounts = &pod(&c.result)["containers"][0]["volumeMounts"];
@@ -272,7 +272,7 @@ fn loki_converts_storage_and_rules_but_not_tmp_or_the_projected_token() {
     );
     assert!(
         c.decision
-            .reason
+            .reason()
             .ends_with("left as emptyDir: tmp (name excluded by policy)")
     );
 }
@@ -280,7 +280,7 @@ fn loki_converts_storage_and_rules_but_not_tmp_or_the_projected_token() {
 #[test]
 fn tempo_keeps_the_policy_size_above_a_smaller_size_limit() {
     let (_, c) = fixture("tempo.yaml");
-    assert_eq!(c.decision.reason, "added 100Gi volume storage");
+    assert_eq!(c.decision.reason(), "added 100Gi volume storage");
     assert_eq!(volume_names(&c.result), ["tempo-conf", "overrides"]);
 }
 
@@ -288,14 +288,14 @@ fn tempo_keeps_the_policy_size_above_a_smaller_size_limit() {
 fn operator_owned_statefulsets_are_skipped_even_with_bad_annotations() {
     let (body, c) = fixture("prometheus-operator-owned.yaml");
     assert_eq!(
-        c.decision.reason,
+        c.decision.reason(),
         "owned by controller Prometheus k8s: its owner decides its storage"
     );
     assert!(c.decision.warnings.is_empty());
     // Strict policy does not block the operator either.
     let strict = Policy::from_yaml("strict: true", "p").unwrap();
     let c = check(&body, &strict);
-    assert_eq!(c.decision.outcome, Outcome::Skipped);
+    assert_eq!(c.decision.outcome(), Outcome::Skipped);
     assert_eq!(c.response["response"]["allowed"], true);
 }
 
@@ -303,7 +303,7 @@ fn operator_owned_statefulsets_are_skipped_even_with_bad_annotations() {
 fn statefulsets_with_claims_are_unchanged() {
     let (_, c) = fixture("zookeeper-with-claims.yaml");
     assert_eq!(
-        c.decision.reason,
+        c.decision.reason(),
         "spec.volumeClaimTemplates is set (1): storage already chosen"
     );
 }
@@ -317,23 +317,23 @@ fn native_sidecar_buffers_and_init_container_data_are_converted() {
     );
     assert!(
         c.decision
-            .reason
+            .reason()
             .starts_with("added volumes varlog (100Gi), data (100Gi), buffer (500Gi);"),
         "{}",
-        c.decision.reason
+        c.decision.reason()
     );
     assert!(
-        c.decision.reason.ends_with(
+        c.decision.reason().ends_with(
             "left as emptyDir: tmp (name excluded by policy), shm (medium: Memory), spare (mounted by no container)"
         ),
         "{}",
-        c.decision.reason
+        c.decision.reason()
     );
     assert_eq!(
         volume_names(&c.result),
         ["fluent-bit-config", "tmp", "shm", "spare"]
     );
-    assert_eq!(c.decision.storage.as_ref().unwrap().size, "500Gi");
+    assert_eq!(c.decision.storage().unwrap().size, "500Gi");
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn converting_the_only_volume_leaves_an_empty_list() {
 fn memory_excluded_and_unmounted_emptydirs_are_skipped_with_reasons() {
     let (_, c) = fixture("edge-memory-and-excluded.yaml");
     assert_eq!(
-        c.decision.reason,
+        c.decision.reason(),
         "no emptyDir volume to convert: storage (medium: Memory), cache (name excluded by policy), \
          run (name excluded by policy), docker-sock (name excluded by policy), leftover (mounted by no container)"
     );
@@ -379,7 +379,7 @@ fn invalid_annotations_warn_per_problem_and_deny_when_strict() {
         "config is not an emptyDir",
         "kube-persist.io/size \"lots\"",
     ] {
-        assert!(d.reason.contains(problem), "{problem}: {}", d.reason);
+        assert!(d.reason().contains(problem), "{problem}: {}", d.reason());
     }
     let strict = Policy::from_yaml("strict: true", "p").unwrap();
     let c = check(&body, &strict);
@@ -391,7 +391,7 @@ fn invalid_annotations_warn_per_problem_and_deny_when_strict() {
 fn excluded_namespaces_are_skipped() {
     let (_, c) = fixture("edge-excluded-namespace.yaml");
     assert_eq!(
-        c.decision.reason,
+        c.decision.reason(),
         "namespace kube-system is excluded by policy"
     );
 }
@@ -407,9 +407,9 @@ fn update_with_escaped_strings_warns_how_to_recreate() {
         ]
     );
     assert!(
-        c.decision.reason.contains("100Gi volume data not added"),
+        c.decision.reason().contains("100Gi volume data not added"),
         "{}",
-        c.decision.reason
+        c.decision.reason()
     );
 }
 

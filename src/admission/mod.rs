@@ -2,10 +2,11 @@
 //!
 //! Pure: no tokio, no HTTP, no Kubernetes client, no clock. The webhook server, the offline
 //! `mutate` command, the benchmarks and the fuzzers all call the same functions, so they cannot
-//! disagree. Decoding reads only the fields a decision needs ([`view`]); patches are built by
-//! hand as `add`/`remove` operations ([`patch`]), never by diffing a re-serialized object.
+//! disagree. Decoding reads only the fields a decision needs ([`view`]); a [`Decision`] is a
+//! [`Verdict`] (only a mutation carries a patch) plus warnings; patches are `add`/`remove`
+//! operations built from typed values ([`patch`]), never by diffing a re-serialized object.
 
-pub(crate) mod json;
+mod body;
 pub mod patch;
 pub mod prometheus;
 pub mod statefulset;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::policy::{
     self, AnnotationError, Mode, Overrides, Policy, Source, StorageSpec, parse_bool_annotation,
 };
+pub use body::{DEFAULT_UID, ReviewBody};
 pub use patch::Patch;
 pub use prometheus::CrKind;
 pub use view::{MetaView, Operation, Request, ReviewView};
@@ -75,7 +77,7 @@ impl Outcome {
 pub struct AddedStorage {
     /// StorageClass name.
     pub storage_class_name: String,
-    /// Size as written.
+    /// Size as written (for a StatefulSet, its largest claim).
     pub size: String,
     /// Where class and size came from.
     pub source: Source,
@@ -84,46 +86,83 @@ pub struct AddedStorage {
 /// A policy decision about one object: a value, never an error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    /// The outcome.
-    pub outcome: Outcome,
-    /// Why, in a few words.
-    pub reason: String,
-    /// The JSON Patch (empty unless [`Outcome::Mutated`]; for [`Outcome::WouldMutate`], what
-    /// would have been applied).
-    pub patch: Patch,
-    /// Lines for the user (kubectl prints them).
+    /// What happens to the object, and why.
+    pub verdict: Verdict,
+    /// Lines for the user (kubectl prints them), each at most [`MAX_WARNING_LEN`] characters.
     pub warnings: Vec<String>,
-    /// The storage added or proposed.
+}
+
+/// What happens to one object. Only a mutation carries a patch, only an invalid object can be
+/// denied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Allowed unchanged: not a target, or storage already there.
+    Unchanged {
+        /// Why, in a few words.
+        reason: String,
+    },
+    /// Allowed unchanged: policy or the object opted out.
+    Skipped {
+        /// Which opt-out applied.
+        reason: String,
+    },
+    /// Allowed with the change applied (enforce mode).
+    Mutate(Change),
+    /// Allowed unchanged; the change is only reported (audit mode).
+    WouldMutate(Change),
+    /// An annotation value is invalid: allowed unchanged, or denied under a strict policy.
+    Invalid {
+        /// Every problem found.
+        reason: String,
+        /// The message the API server shows when a strict policy denies the request.
+        denied: Option<String>,
+    },
+    /// The object could not be read: allowed unchanged.
+    Error {
+        /// What could not be read.
+        reason: String,
+    },
+}
+
+/// A patch to the object and what it adds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// What the patch does, in a few words.
+    pub reason: String,
+    /// The operations (never empty).
+    pub patch: Patch,
+    /// The storage the patch adds; `None` when it only puts back the storage an UPDATE
+    /// removed.
     pub storage: Option<AddedStorage>,
-    /// Set when strict policy denies the request.
-    pub denied: Option<String>,
 }
 
 impl Decision {
-    pub(crate) fn new(outcome: Outcome, reason: impl Into<String>) -> Self {
+    pub(crate) fn of(verdict: Verdict) -> Self {
         Decision {
-            outcome,
-            reason: reason.into(),
-            patch: Patch::new(),
+            verdict,
             warnings: Vec::new(),
-            storage: None,
-            denied: None,
         }
     }
 
     /// Allowed unchanged: nothing to do.
     pub fn unchanged(reason: impl Into<String>) -> Self {
-        Decision::new(Outcome::Unchanged, reason)
+        Decision::of(Verdict::Unchanged {
+            reason: reason.into(),
+        })
     }
 
     /// Allowed unchanged: policy or the object opted out.
     pub fn skipped(reason: impl Into<String>) -> Self {
-        Decision::new(Outcome::Skipped, reason)
+        Decision::of(Verdict::Skipped {
+            reason: reason.into(),
+        })
     }
 
     /// Allowed unchanged: the object could not be read.
     pub fn error(reason: impl Into<String>) -> Self {
-        Decision::new(Outcome::Error, reason)
+        Decision::of(Verdict::Error {
+            reason: reason.into(),
+        })
     }
 
     /// Adds a warning line (shortened to [`MAX_WARNING_LEN`]).
@@ -132,19 +171,52 @@ impl Decision {
         self
     }
 
-    /// The patch that the response carries (empty unless mutated).
-    pub fn response_patch(&self) -> &Patch {
-        match self.outcome {
-            Outcome::Mutated => &self.patch,
-            _ => &patch::EMPTY,
+    /// The label of the verdict (metrics, audit log, response annotation).
+    pub fn outcome(&self) -> Outcome {
+        match self.verdict {
+            Verdict::Unchanged { .. } => Outcome::Unchanged,
+            Verdict::Skipped { .. } => Outcome::Skipped,
+            Verdict::Mutate(_) => Outcome::Mutated,
+            Verdict::WouldMutate(_) => Outcome::WouldMutate,
+            Verdict::Invalid { .. } => Outcome::Invalid,
+            Verdict::Error { .. } => Outcome::Error,
         }
     }
 
-    /// The patch that the audit record carries: returned, or proposed in audit mode.
-    pub fn audit_patch(&self) -> &Patch {
-        match self.outcome {
-            Outcome::Mutated | Outcome::WouldMutate => &self.patch,
-            _ => &patch::EMPTY,
+    /// Why, in a few words.
+    pub fn reason(&self) -> &str {
+        match &self.verdict {
+            Verdict::Unchanged { reason }
+            | Verdict::Skipped { reason }
+            | Verdict::Invalid { reason, .. }
+            | Verdict::Error { reason } => reason,
+            Verdict::Mutate(change) | Verdict::WouldMutate(change) => &change.reason,
+        }
+    }
+
+    /// The change applied, or in audit mode proposed.
+    pub fn change(&self) -> Option<&Change> {
+        match &self.verdict {
+            Verdict::Mutate(change) | Verdict::WouldMutate(change) => Some(change),
+            _ => None,
+        }
+    }
+
+    /// The patch applied, or in audit mode proposed.
+    pub fn patch(&self) -> Option<&Patch> {
+        self.change().map(|c| &c.patch)
+    }
+
+    /// The storage added, or in audit mode proposed.
+    pub fn storage(&self) -> Option<&AddedStorage> {
+        self.change().and_then(|c| c.storage.as_ref())
+    }
+
+    /// The message of a denial (strict policy, invalid annotation).
+    pub fn denied(&self) -> Option<&str> {
+        match &self.verdict {
+            Verdict::Invalid { denied, .. } => denied.as_deref(),
+            _ => None,
         }
     }
 }
@@ -188,45 +260,20 @@ impl<'r> Ident<'r> {
     }
 }
 
-impl Ident<'_> {
-    /// The pieces of `Kind namespace/name` (`Kind name` when cluster-scoped), with `*` after a
-    /// `generateName` prefix.
-    fn parts(&self) -> [&str; 6] {
-        let slash = if self.namespace.is_empty() { "" } else { "/" };
-        let star = if self.generated { "*" } else { "" };
-        [self.kind, " ", self.namespace, slash, self.name, star]
-    }
-
-    /// Appends the [`Display`](fmt::Display) form to `out`, without the formatting machinery
-    /// (this runs for every mutated object).
-    pub(crate) fn push_to(&self, out: &mut String) {
-        for part in self.parts() {
-            out.push_str(part);
-        }
-    }
-}
-
 impl fmt::Display for Ident<'_> {
+    /// `Kind namespace/name` (`Kind name` when cluster-scoped), with `*` after a `generateName`
+    /// prefix.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.parts()
-            .into_iter()
-            .try_for_each(|part| f.write_str(part))
+        let Ident {
+            kind,
+            namespace,
+            name,
+            generated,
+        } = self;
+        let slash = if namespace.is_empty() { "" } else { "/" };
+        let star = if *generated { "*" } else { "" };
+        write!(f, "{kind} {namespace}{slash}{name}{star}")
     }
-}
-
-/// `parts` joined into one string of exactly their length: `format!` for the paths every
-/// mutated object takes.
-pub(crate) fn concat(parts: &[&str]) -> String {
-    concat_with_room(parts, 0)
-}
-
-/// [`concat`], with room for `extra` more bytes (what the caller appends next).
-pub(crate) fn concat_with_room(parts: &[&str], extra: usize) -> String {
-    let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + extra);
-    for part in parts {
-        text.push_str(part);
-    }
-    text
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
@@ -377,63 +424,61 @@ pub(crate) fn invalid(ident: &Ident<'_>, errors: &[AnnotationError], policy: &Po
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    let mut d = Decision::new(Outcome::Invalid, format!("invalid annotation: {reason}"));
+    // Audit mode never changes admission, not even under a strict policy.
+    let denied = (policy.strict && policy.mode_for(ident.namespace) == Mode::Enforce)
+        .then(|| format!("kube-persist (strict policy): invalid annotation on {ident}: {reason}"));
+    let mut d = Decision::of(Verdict::Invalid {
+        reason: format!("invalid annotation: {reason}"),
+        denied,
+    });
     for e in errors {
         d = d.warn(format!("kube-persist: {ident} left unchanged: {e}"));
-    }
-    // Audit mode never changes admission, not even under a strict policy.
-    if policy.strict && policy.mode_for(ident.namespace) == Mode::Enforce {
-        d.denied = Some(format!(
-            "kube-persist (strict policy): invalid annotation on {ident}: {reason}"
-        ));
     }
     d
 }
 
 /// The decision to add storage: applied in enforce mode, only reported in audit mode.
-/// `what` describes the addition for the warning (e.g. `100Gi volume`).
+/// `what` describes the addition (e.g. `100Gi volume`), `details` is appended to the reason.
 pub(crate) fn propose(
     ident: &Ident<'_>,
     policy: &Policy,
     storage: &StorageSpec<'_>,
     patch: Patch,
     what: &str,
-    mut warnings: Vec<String>,
+    details: &str,
+    warnings: Vec<String>,
 ) -> Decision {
-    let added = AddedStorage {
-        storage_class_name: storage.storage_class_name.to_string(),
-        size: storage.size.as_str().to_string(),
-        source: storage.source,
+    let mode = policy.mode_for(ident.namespace);
+    let change = Change {
+        reason: match mode {
+            Mode::Enforce => format!("added {what}{details}"),
+            Mode::Audit => format!("audit mode: would add {what}{details}"),
+        },
+        patch,
+        storage: Some(AddedStorage {
+            storage_class_name: storage.storage_class_name.to_string(),
+            size: storage.size.as_str().to_string(),
+            source: storage.source,
+        }),
     };
-    let (outcome, reason, warning) = match policy.mode_for(ident.namespace) {
-        Mode::Enforce => (Outcome::Mutated, "added ", "kube-persist: added "),
-        Mode::Audit => (
-            Outcome::WouldMutate,
-            "audit mode: would add ",
-            "kube-persist: audit mode, would add ",
-        ),
+    let verdict = match mode {
+        Mode::Enforce => Verdict::Mutate(change),
+        Mode::Audit => Verdict::WouldMutate(change),
     };
-    // `kube-persist: added 100Gi volume on StorageClass nfs-client (Prometheus monitoring/k8s)`
-    let ident_len: usize = ident.parts().iter().map(|p| p.len()).sum();
-    let mut line = concat_with_room(
-        &[
-            warning,
-            what,
-            " on StorageClass ",
-            &added.storage_class_name,
-            " (",
-        ],
-        ident_len + 1,
-    );
-    ident.push_to(&mut line);
-    line.push(')');
-    // Room for the details a StatefulSet decision appends (emptyDirs left, raised sizes).
-    let why = concat_with_room(&[reason, what], 64);
-    let mut d = Decision::new(outcome, why).warn(line);
-    d.patch = patch;
-    d.storage = Some(added);
-    d.warnings.append(&mut warnings);
+    let line = added_line(ident, mode, what, &storage.storage_class_name);
+    let mut d = Decision::of(verdict).warn(line);
+    d.warnings.extend(warnings);
     d
+}
+
+/// `kube-persist: added 100Gi volume on StorageClass nfs-client (Prometheus monitoring/k8s)`,
+/// or in audit mode `kube-persist: audit mode, would add ...`.
+pub(crate) fn added_line(ident: &Ident<'_>, mode: Mode, what: &str, class: &str) -> String {
+    let verb = match mode {
+        Mode::Enforce => "added",
+        Mode::Audit => "audit mode, would add",
+    };
+    format!("kube-persist: {verb} {what} on StorageClass {class} ({ident})")
 }
 
 /// Cuts `text` to [`MAX_WARNING_LEN`] characters (on a character boundary).
@@ -544,66 +589,84 @@ fn check_envelope(review: ReviewView<'_>) -> Result<(Cow<'_, str>, Request<'_>),
 }
 
 /// Serializes the AdmissionReview response for `decision`.
-///
-/// Written by hand with [`json`] (the same bytes serde_json would write for the same fields;
-/// the tests compare them): the patch, already JSON, goes into the output as base64, without an
-/// intermediate string or an escape scan.
 pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
-    let patch = decision.response_patch();
-    let mut out = Vec::with_capacity(
-        256 + uid.len() + patch.as_json().len() * 4 / 3 + decision.warnings.len() * MAX_WARNING_LEN,
-    );
-    out.extend_from_slice(br#"{"apiVersion":"#);
-    json::str(&mut out, api_version);
-    out.extend_from_slice(br#","kind":"AdmissionReview","response":{"uid":"#);
-    json::str(&mut out, uid);
-    out.extend_from_slice(br#","allowed":"#);
-    json::bool(&mut out, decision.denied.is_none());
-    if let Some(message) = &decision.denied {
-        out.extend_from_slice(br#","status":{"code":403,"reason":"Forbidden","message":"#);
-        json::str(&mut out, message);
-        out.push(b'}');
-    }
-    if !patch.is_empty() {
-        out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        push_base64(&mut out, patch.as_json());
-        out.push(b'"');
-    }
-    if !decision.warnings.is_empty() {
-        out.extend_from_slice(br#","warnings":["#);
-        for (i, warning) in decision.warnings.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            json::str(&mut out, warning);
-        }
-        out.push(b']');
-    }
-    out.extend_from_slice(br#","auditAnnotations":{"decision":""#);
-    out.extend_from_slice(decision.outcome.as_str().as_bytes());
-    out.push(b'"');
-    if let Some(s) = &decision.storage {
-        out.extend_from_slice(br#","storage":"#);
-        json::str_pair(&mut out, &s.storage_class_name, '/', &s.size);
-    }
-    out.extend_from_slice(b"}}}");
-    out
+    let (patch, storage) = match &decision.verdict {
+        Verdict::Mutate(change) => (Some(&change.patch), change.storage.as_ref()),
+        Verdict::WouldMutate(change) => (None, change.storage.as_ref()),
+        _ => (None, None),
+    };
+    let patch = patch.filter(|p| !p.0.is_empty());
+    let review = ReviewOut {
+        api_version,
+        kind: "AdmissionReview",
+        response: ResponseOut {
+            uid,
+            allowed: decision.denied().is_none(),
+            status: decision.denied().map(|message| StatusOut {
+                code: 403,
+                reason: "Forbidden",
+                message,
+            }),
+            patch_type: patch.map(|_| "JSONPatch"),
+            patch,
+            warnings: &decision.warnings,
+            audit_annotations: AuditAnnotations {
+                decision: decision.outcome(),
+                storage: storage.map(|s| format!("{}/{}", s.storage_class_name, s.size)),
+            },
+        },
+    };
+    // Strings, booleans and JSON values: writing them to a Vec cannot fail.
+    serde_json::to_vec(&review).unwrap_or_default()
 }
 
-/// Appends `bytes` in standard base64 (whose alphabet never needs JSON escaping).
-fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let start = out.len();
-    let len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
-    out.resize(start + len, 0);
-    match engine.encode_slice(bytes, &mut out[start..]) {
-        Ok(written) => out.truncate(start + written),
-        Err(_) => {
-            // Cannot happen (the buffer has the encoded length); stay correct anyway.
-            out.truncate(start);
-            out.extend_from_slice(engine.encode(bytes).as_bytes());
-        }
-    }
+/// The AdmissionReview response, field for field as the API server reads it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    /// The patch's JSON, in base64.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "patch_base64"
+    )]
+    patch: Option<&'a Patch>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    audit_annotations: AuditAnnotations,
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    code: u16,
+    reason: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct AuditAnnotations {
+    decision: Outcome,
+    /// `class/size` of the storage added or proposed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<String>,
+}
+
+fn patch_base64<S: serde::Serializer>(patch: &Option<&Patch>, out: S) -> Result<S::Ok, S::Error> {
+    let json = serde_json::to_vec(patch).map_err(serde::ser::Error::custom)?;
+    out.serialize_str(&base64::engine::general_purpose::STANDARD.encode(json))
 }
 
 #[cfg(test)]

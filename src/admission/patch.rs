@@ -1,227 +1,103 @@
-//! JSON Patch (RFC 6902) built by hand: only `add` and `remove`, pointers written from tokens
-//! (so `/` and `~` in names are escaped), parents added before children. Nothing here ever
-//! re-serializes the request object, so fields unknown to us cannot turn into removals.
+//! JSON Patch (RFC 6902) operations as `json_patch` values: only `add` and `remove`, parents
+//! added before children, pointers built from tokens by `jsonptr` (which escapes `/` and `~` in
+//! names). Nothing here ever re-serializes the request object, so fields unknown to us cannot
+//! turn into removals.
 //!
-//! A [`Patch`] is its own serialization: each operation is written as JSON the moment it is
-//! added, values included, so a review builds no `serde_json::Value` tree for the storage it
-//! adds and serializes nothing twice. The response (base64) and the audit line copy the same
-//! bytes. [`Patch::operations`] parses them back for the offline CLI and the tests.
+//! The values the engine adds are typed: [`ClaimSpec`] is the one PersistentVolumeClaim spec
+//! that both a Prometheus-Operator `volumeClaimTemplate` and a StatefulSet claim template carry.
 
-use std::fmt;
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
+use serde::Serialize;
+use serde_json::Value;
 
-use json_patch::PatchOperation;
-use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
+use crate::{policy::StorageSpec, quantity::Quantity};
 
-use super::json;
+pub use json_patch::Patch;
 
-/// One reference token of a JSON pointer, unescaped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Token<'a> {
-    /// An object member name.
-    Key(&'a str),
-    /// An array index.
-    Index(usize),
-    /// `-`: past the end of an array (append).
-    End,
+/// `add` of `value` at `path`.
+pub fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
 }
 
-/// A JSON Patch: the operations, serialized as the JSON array the API server expects.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Patch {
-    /// `[op,op,...]`, or empty when there is no operation.
-    json: Vec<u8>,
-    len: usize,
+/// `remove` of `path`.
+pub fn remove(path: PointerBuf) -> PatchOperation {
+    PatchOperation::Remove(RemoveOperation { path })
 }
 
-/// The patch without operations, to lend out.
-pub static EMPTY: Patch = Patch {
-    json: Vec::new(),
-    len: 0,
-};
+/// The spec of a claim kube-persist adds: class, access modes and size, in the order the
+/// manifests it writes show them.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ClaimSpec<'a> {
+    storage_class_name: &'a str,
+    access_modes: &'a [String],
+    resources: Resources<'a>,
+}
 
-impl Patch {
-    /// An empty patch.
-    pub fn new() -> Patch {
-        Patch::default()
-    }
+#[derive(Debug, Serialize)]
+struct Resources<'a> {
+    requests: Requests<'a>,
+}
 
-    /// The number of operations.
-    pub fn len(&self) -> usize {
-        self.len
-    }
+#[derive(Debug, Serialize)]
+struct Requests<'a> {
+    storage: &'a str,
+}
 
-    /// Whether there is no operation.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The operations as a JSON array (`[]` when there are none).
-    pub fn as_json(&self) -> &[u8] {
-        if self.json.is_empty() {
-            b"[]"
-        } else {
-            &self.json
+impl<'a> ClaimSpec<'a> {
+    /// A claim of `size` on the class and access modes of `storage`.
+    pub(crate) fn new(storage: &'a StorageSpec<'_>, size: &'a Quantity) -> Self {
+        ClaimSpec {
+            storage_class_name: &storage.storage_class_name,
+            access_modes: &storage.access_modes,
+            resources: Resources {
+                requests: Requests {
+                    storage: size.as_str(),
+                },
+            },
         }
     }
-
-    /// Appends `remove` of `path`.
-    pub fn remove(&mut self, path: &[Token<'_>]) {
-        let out = self.begin();
-        out.extend_from_slice(br#"{"op":"remove","path":"#);
-        pointer(out, path);
-        self.end();
-    }
-
-    /// Appends `add` at `path` of the JSON value that `value` writes (exactly one value,
-    /// compact; see [`json`]).
-    pub fn add(&mut self, path: &[Token<'_>], value: impl FnOnce(&mut Vec<u8>)) {
-        let out = self.begin();
-        out.extend_from_slice(br#"{"op":"add","path":"#);
-        pointer(out, path);
-        out.extend_from_slice(br#","value":"#);
-        value(out);
-        self.end();
-    }
-
-    /// The operations, parsed back (for applying them to a document).
-    pub fn operations(&self) -> Result<Vec<PatchOperation>, serde_json::Error> {
-        serde_json::from_slice(self.as_json())
-    }
-
-    /// Opens the next operation: `[` or `,` in place of the closing `]`.
-    fn begin(&mut self) -> &mut Vec<u8> {
-        match self.json.last_mut() {
-            Some(close) => *close = b',',
-            None => {
-                self.json.reserve(1024);
-                self.json.push(b'[');
-            }
-        }
-        &mut self.json
-    }
-
-    /// Closes the operation just written.
-    fn end(&mut self) {
-        self.json.extend_from_slice(b"}]");
-        self.len += 1;
-    }
-}
-
-impl fmt::Debug for Patch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.as_json()))
-    }
-}
-
-/// Serializes as the JSON array itself (the audit record's `patch` field).
-impl Serialize for Patch {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let raw: &RawValue =
-            serde_json::from_slice(self.as_json()).map_err(serde::ser::Error::custom)?;
-        raw.serialize(serializer)
-    }
-}
-
-/// Appends the JSON string of the pointer made of `path`.
-fn pointer(out: &mut Vec<u8>, path: &[Token<'_>]) {
-    let plain = path.iter().all(|t| match t {
-        Token::Key(key) => plain_key(key),
-        Token::Index(_) | Token::End => true,
-    });
-    if !plain {
-        json::str(out, &pointer_text(path));
-        return;
-    }
-    out.push(b'"');
-    for token in path {
-        out.push(b'/');
-        match *token {
-            Token::Key(key) => out.extend_from_slice(key.as_bytes()),
-            Token::Index(i) => json::uint(out, i as u64),
-            Token::End => out.push(b'-'),
-        }
-    }
-    out.push(b'"');
-}
-
-/// Whether `key` goes into a pointer, and the pointer into a JSON string, as it is: no `~` or
-/// `/` (which RFC 6901 escapes) and nothing JSON escapes. One pass over the bytes, without
-/// branches (names are short; this runs for every operation).
-fn plain_key(key: &str) -> bool {
-    key.bytes().fold(true, |ok, b| {
-        ok & (b >= 0x20) & (b != b'"') & (b != b'\\') & (b != b'~') & (b != b'/')
-    })
-}
-
-/// The pointer made of `path` (RFC 6901: `~` as `~0`, `/` as `~1`).
-pub fn pointer_text(path: &[Token<'_>]) -> String {
-    let mut text = String::new();
-    for token in path {
-        text.push('/');
-        match *token {
-            Token::Key(key) => text.push_str(&key.replace('~', "~0").replace('/', "~1")),
-            Token::Index(i) => text.push_str(&i.to_string()),
-            Token::End => text.push('-'),
-        }
-    }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use json_patch::jsonptr::PointerBuf;
     use serde_json::json;
 
     #[test]
-    fn pointers_escape_slash_and_tilde_like_jsonptr() {
-        let cases: [&[Token<'_>]; 4] = [
-            &[Token::Key("spec"), Token::Key("storage")],
-            &[
-                Token::Key("metadata"),
-                Token::Key("annotations"),
-                Token::Key("kube-persist.io/x~y"),
-            ],
-            &[Token::Key("containers"), Token::Index(12), Token::End],
-            &[Token::Key("we\"ird\n"), Token::Key("")],
-        ];
-        for path in cases {
-            let expected = PointerBuf::from_tokens(path.iter().map(|t| match *t {
-                Token::Key(k) => json_patch::jsonptr::Token::new(k),
-                Token::Index(i) => json_patch::jsonptr::Token::from(i),
-                Token::End => json_patch::jsonptr::Token::new("-"),
-            }));
-            assert_eq!(pointer_text(path), expected.as_str());
-            let mut out = Vec::new();
-            pointer(&mut out, path);
-            assert_eq!(out, serde_json::to_vec(expected.as_str()).unwrap());
-        }
-    }
-
-    #[test]
-    fn operations_serialize_as_rfc6902() {
-        let mut patch = Patch::new();
-        assert_eq!(patch.as_json(), b"[]");
-        assert!(patch.operations().unwrap().is_empty());
-        patch.add(&[Token::Key("spec"), Token::Key("storage")], |out| {
-            out.extend_from_slice(br#"{"a":1}"#)
-        });
-        patch.remove(&[Token::Key("spec"), Token::Key("volumes"), Token::Index(2)]);
-        patch.add(&[Token::Key("x~/y")], |out| json::str(out, "v"));
-        assert_eq!(patch.len(), 3);
-        let text: serde_json::Value = serde_json::from_slice(patch.as_json()).unwrap();
+    fn operations_serialize_as_rfc6902_with_escaped_pointers() {
+        let mut volume = PointerBuf::from_tokens(["spec", "volumes"]);
+        volume.push_back(2);
+        let patch = Patch(vec![
+            add(
+                PointerBuf::from_tokens(["spec", "storage"]),
+                json!({"a": 1}),
+            ),
+            remove(volume),
+            add(PointerBuf::from_tokens(["x~/y", "-"]), json!("v")),
+        ]);
         assert_eq!(
-            text,
+            serde_json::to_value(&patch).unwrap(),
             json!([
                 {"op": "add", "path": "/spec/storage", "value": {"a": 1}},
                 {"op": "remove", "path": "/spec/volumes/2"},
-                {"op": "add", "path": "/x~0~1y", "value": "v"}
+                {"op": "add", "path": "/x~0~1y/-", "value": "v"}
             ])
         );
-        // What json_patch reads back serializes to the same bytes.
-        let ops = patch.operations().unwrap();
-        assert_eq!(serde_json::to_vec(&ops).unwrap(), patch.as_json());
-        assert_eq!(serde_json::to_vec(&patch).unwrap(), patch.as_json());
+    }
+
+    #[test]
+    fn a_claim_spec_names_class_modes_and_size() {
+        let storage = StorageSpec {
+            storage_class_name: "nfs \"client\"".into(),
+            size: std::borrow::Cow::Owned(Quantity::parse("100Gi").unwrap()),
+            access_modes: vec!["ReadWriteOnce".to_string(), "ReadWriteMany".to_string()].into(),
+            source: crate::policy::Source::Default,
+        };
+        let size = Quantity::parse("200Gi").unwrap();
+        assert_eq!(
+            serde_json::to_string(&ClaimSpec::new(&storage, &size)).unwrap(),
+            r#"{"storageClassName":"nfs \"client\"","accessModes":["ReadWriteOnce","ReadWriteMany"],"resources":{"requests":{"storage":"200Gi"}}}"#
+        );
     }
 }

@@ -3,17 +3,18 @@
 //! `volumeClaimTemplate` (and the protective extras the kind's CRD declares), and builds the
 //! `add` operations. Never touches a CR that chose its storage.
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use json_patch::{PatchOperation, jsonptr::PointerBuf};
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_json::Value;
 
 use super::{
-    Decision, Ident, Outcome, Patch, Request, gate, json,
-    patch::Token,
+    Change, Decision, Ident, Patch, Request, Verdict, gate,
+    patch::{self, ClaimSpec},
     propose,
     view::{ObjectView, OldSpecView, Operation, SpecView},
 };
 use crate::{
-    policy::{Mode, OnUpdate, Policy, RetentionPolicy, StorageSpec},
+    policy::{Mode, OnUpdate, Policy, RetentionPolicy},
     quantity,
 };
 
@@ -156,86 +157,74 @@ pub fn decide(
         let limit = scaled(storage.size.bytes(), policy.retention_size_ratio);
         quantity::format_retention_size(limit)
     });
-    let fields = [
-        Some(Field::Storage),
-        retention_policy.then_some(Field::RetentionPolicy),
-        retention_size.as_deref().map(Field::RetentionSize),
-    ];
-    let fields = fields.iter().flatten();
-    let mut patch = Patch::new();
-    if spec.is_some() {
-        for field in fields {
-            patch.add(&[Token::Key("spec"), Token::Key(field.name())], |out| {
-                field.write(out, storage)
-            });
-        }
-    } else {
-        // No spec at all: one `add` of the whole object.
-        patch.add(&[Token::Key("spec")], |out| {
-            out.push(b'{');
-            for (i, field) in fields.enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                json::str(out, field.name());
-                out.push(b':');
-                field.write(out, storage);
-            }
-            out.push(b'}');
-        });
-    }
-    let what = super::concat(&[storage.size.as_str(), " volume"]);
-    propose(&ident, policy, storage, patch, &what, gate.warnings)
+    let additions = Additions {
+        storage: Storage {
+            volume_claim_template: Template {
+                spec: ClaimSpec::new(storage, &storage.size),
+            },
+        },
+        persistent_volume_claim_retention_policy: retention_policy.then_some(ClaimRetention {
+            when_deleted: "Retain",
+            when_scaled: "Retain",
+        }),
+        retention_size,
+    };
+    let patch = match add_to_spec(&additions, spec.is_some()) {
+        Ok(patch) => patch,
+        Err(e) => return Decision::error(format!("cannot build the patch: {e}")),
+    };
+    let what = format!("{} volume", storage.size.as_str());
+    propose(&ident, policy, storage, patch, &what, "", gate.warnings)
 }
 
-/// A field of `spec` that a mutation adds.
-enum Field<'a> {
-    /// `storage`: a claim template on the policy's storage.
-    Storage,
-    /// `persistentVolumeClaimRetentionPolicy`: keep the claims on deletion and scale-down.
-    RetentionPolicy,
-    /// `retentionSize`, as written.
-    RetentionSize(&'a str),
+/// The fields of `spec` a mutation adds, in the order they are added.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Additions<'a> {
+    storage: Storage<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persistent_volume_claim_retention_policy: Option<ClaimRetention>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_size: Option<String>,
 }
 
-impl Field<'_> {
-    fn name(&self) -> &'static str {
-        match self {
-            Field::Storage => "storage",
-            Field::RetentionPolicy => "persistentVolumeClaimRetentionPolicy",
-            Field::RetentionSize(_) => "retentionSize",
-        }
-    }
-
-    /// Appends the field's value.
-    fn write(&self, out: &mut Vec<u8>, storage: &StorageSpec<'_>) {
-        match self {
-            Field::Storage => storage_value(out, storage),
-            Field::RetentionPolicy => out.extend_from_slice(RETAIN_BOTH),
-            Field::RetentionSize(size) => json::str(out, size),
-        }
-    }
+/// `spec.storage`: a claim template on the policy's storage.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Storage<'a> {
+    volume_claim_template: Template<'a>,
 }
 
-/// `persistentVolumeClaimRetentionPolicy` keeping the claims on deletion and scale-down.
-const RETAIN_BOTH: &[u8] = br#"{"whenDeleted":"Retain","whenScaled":"Retain"}"#;
+#[derive(Serialize)]
+struct Template<'a> {
+    spec: ClaimSpec<'a>,
+}
 
-/// `spec.storage` with a claim template on `storage`:
-/// `{"volumeClaimTemplate":{"spec":{"storageClassName":..,"accessModes":[..],
-/// "resources":{"requests":{"storage":..}}}}}`.
-fn storage_value(out: &mut Vec<u8>, storage: &StorageSpec<'_>) {
-    out.extend_from_slice(br#"{"volumeClaimTemplate":{"spec":{"storageClassName":"#);
-    json::str(out, &storage.storage_class_name);
-    out.extend_from_slice(br#","accessModes":"#);
-    json::str_array(out, &storage.access_modes);
-    out.extend_from_slice(br#","resources":{"requests":{"storage":"#);
-    json::str(out, storage.size.as_str());
-    out.extend_from_slice(b"}}}}}");
+/// `persistentVolumeClaimRetentionPolicy`: keep the claims on deletion and scale-down.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimRetention {
+    when_deleted: &'static str,
+    when_scaled: &'static str,
+}
+
+/// One `add` per field of `additions`, or a single `add` of the whole `spec` when the object has
+/// none.
+fn add_to_spec(additions: &Additions<'_>, has_spec: bool) -> Result<Patch, serde_json::Error> {
+    Ok(Patch(match serde_json::to_value(additions)? {
+        Value::Object(fields) if has_spec => fields
+            .into_iter()
+            .map(|(name, value)| {
+                patch::add(PointerBuf::from_tokens(["spec", name.as_str()]), value)
+            })
+            .collect(),
+        spec => vec![patch::add(PointerBuf::from_tokens(["spec"]), spec)],
+    }))
 }
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply or `kubectl replace` of the
 /// original manifest without it): removing storage would make the operator recreate the pods on
-/// emptyDir, so the old storage is put back verbatim, with the `retentionSize` and
+/// emptyDir, so the old storage is put back as it was, with the `retentionSize` and
 /// `persistentVolumeClaimRetentionPolicy` the same UPDATE dropped (those it sets are kept).
 /// Setting `emptyDir` explicitly is the way to opt out.
 fn keep_old_storage(
@@ -256,32 +245,41 @@ fn keep_old_storage(
                 .filter(|_| new.persistent_volume_claim_retention_policy.is_none()),
         ),
     ];
-    let mut d = match policy.mode_for(ident.namespace) {
-        Mode::Enforce => Decision::new(
-            Outcome::Mutated,
-            "restored spec.storage, which the UPDATE removed",
-        )
-        .warn(format!(
-            "kube-persist: kept the existing spec.storage of {ident} (this UPDATE removed it)"
-        )),
-        Mode::Audit => Decision::new(
-            Outcome::WouldMutate,
-            "audit mode: would restore spec.storage, which the UPDATE removed",
-        )
-        .warn(format!(
-            "kube-persist: audit mode, would keep the existing spec.storage of {ident}"
-        )),
+    // Copied as they were: the API server sent them as JSON, so they parse.
+    let patch = restored
+        .into_iter()
+        .filter_map(|(field, raw)| Some((field, raw?)))
+        .map(|(field, raw)| {
+            let value = serde_json::from_str(raw.get())?;
+            Ok(patch::add(PointerBuf::from_tokens(["spec", field]), value))
+        })
+        .collect::<Result<Vec<PatchOperation>, serde_json::Error>>();
+    let patch = match patch {
+        Ok(operations) => Patch(operations),
+        Err(e) => return Decision::error(format!("cannot restore spec.storage: {e}")),
     };
-    for (field, raw) in restored {
-        // Copied verbatim: the API server sent them as JSON, so they are JSON.
-        if let Some(raw) = raw {
-            d.patch
-                .add(&[Token::Key("spec"), Token::Key(field)], |out| {
-                    out.extend_from_slice(raw.get().as_bytes())
-                });
-        }
-    }
-    d
+    let (reason, warning, verdict): (_, _, fn(Change) -> Verdict) = match policy
+        .mode_for(ident.namespace)
+    {
+        Mode::Enforce => (
+            "restored spec.storage, which the UPDATE removed",
+            format!(
+                "kube-persist: kept the existing spec.storage of {ident} (this UPDATE removed it)"
+            ),
+            Verdict::Mutate,
+        ),
+        Mode::Audit => (
+            "audit mode: would restore spec.storage, which the UPDATE removed",
+            format!("kube-persist: audit mode, would keep the existing spec.storage of {ident}"),
+            Verdict::WouldMutate,
+        ),
+    };
+    Decision::of(verdict(Change {
+        reason: reason.to_string(),
+        patch,
+        storage: None,
+    }))
+    .warn(warning)
 }
 
 /// `bytes * ratio`, rounded down, without going through floating point for large values.
@@ -293,7 +291,7 @@ fn scaled(bytes: u128, ratio: f64) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::policy::StorageSpec;
 
     #[test]
     fn ratio_scaling_rounds_down_exactly() {
@@ -303,29 +301,38 @@ mod tests {
     }
 
     #[test]
-    fn written_values_equal_the_json_they_replace() {
+    fn additions_are_one_add_per_field_or_the_whole_spec() {
         let storage = StorageSpec {
-            storage_class_name: "nfs \"client\"".into(),
+            storage_class_name: "nfs".into(),
             size: std::borrow::Cow::Owned(crate::quantity::Quantity::parse("100Gi").unwrap()),
-            access_modes: vec!["ReadWriteOnce".to_string(), "ReadWriteMany".to_string()].into(),
+            access_modes: vec!["ReadWriteOnce".to_string()].into(),
             source: crate::policy::Source::Default,
         };
-        let mut out = Vec::new();
-        storage_value(&mut out, &storage);
-        let expected = json!({
-            "volumeClaimTemplate": {
-                "spec": {
-                    "storageClassName": storage.storage_class_name,
-                    "accessModes": storage.access_modes,
-                    "resources": { "requests": { "storage": "100Gi" } },
-                }
-            }
-        });
-        assert_eq!(out, serde_json::to_vec(&expected).unwrap());
+        let additions = Additions {
+            storage: Storage {
+                volume_claim_template: Template {
+                    spec: ClaimSpec::new(&storage, &storage.size),
+                },
+            },
+            persistent_volume_claim_retention_policy: Some(ClaimRetention {
+                when_deleted: "Retain",
+                when_scaled: "Retain",
+            }),
+            retention_size: None,
+        };
+        let claim = r#"{"volumeClaimTemplate":{"spec":{"storageClassName":"nfs","accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"100Gi"}}}}}"#;
+        let retain = r#"{"whenDeleted":"Retain","whenScaled":"Retain"}"#;
         assert_eq!(
-            RETAIN_BOTH,
-            serde_json::to_vec(&json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }))
-                .unwrap()
+            serde_json::to_string(&add_to_spec(&additions, true).unwrap()).unwrap(),
+            format!(
+                r#"[{{"op":"add","path":"/spec/storage","value":{claim}}},{{"op":"add","path":"/spec/persistentVolumeClaimRetentionPolicy","value":{retain}}}]"#
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&add_to_spec(&additions, false).unwrap()).unwrap(),
+            format!(
+                r#"[{{"op":"add","path":"/spec","value":{{"storage":{claim},"persistentVolumeClaimRetentionPolicy":{retain}}}}}]"#
+            )
         );
     }
 

@@ -1,8 +1,8 @@
 //! `apps/v1` StatefulSets (SPEC 2.2): on CREATE, every disk-backed `emptyDir` volume a container
 //! keeps data in becomes a `volumeClaimTemplate` of the same name, so the existing `volumeMounts`
 //! now point at a per-pod claim; `kube-persist.io/mount-path` asks for a new claim `data` where
-//! there is no such emptyDir. Decides from the borrowed views alone and builds the operations by
-//! hand.
+//! there is no such emptyDir. Decides from the borrowed views alone; the operations add typed
+//! values (the claim templates and mounts below).
 //!
 //! Touches nothing but the converted entries of `spec.template.spec.volumes` (removed),
 //! `spec.volumeClaimTemplates` (added, only when there are none) and, for `mount-path`, the chosen
@@ -14,11 +14,12 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use json_patch::{PatchOperation, jsonptr::PointerBuf};
+use serde::{Deserialize, Serialize};
 
 use super::{
-    Decision, Ident, Patch, Request, gate, json,
-    patch::Token,
+    Decision, Ident, Patch, Request, added_line, gate,
+    patch::{self, ClaimSpec},
     propose,
     view::{Annotations, MetaView, ObjectView, Operation, OwnerRefView},
 };
@@ -436,16 +437,13 @@ impl<'p> Plan<'p> {
         self.convert.is_empty() && self.mount.is_none()
     }
 
-    /// Appends `a (why), b (why)`.
-    fn push_left(&self, text: &mut String) {
-        for (i, (name, why)) in self.left.iter().enumerate() {
-            if i > 0 {
-                text.push_str(", ");
-            }
-            for part in [name, " (", why, ")"] {
-                text.push_str(part);
-            }
-        }
+    /// `a (why), b (why)`.
+    fn left(&self) -> String {
+        self.left
+            .iter()
+            .map(|(name, why)| format!("{name} ({why})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The decision when there is nothing to add.
@@ -455,9 +453,7 @@ impl<'p> Plan<'p> {
                 "no emptyDir volume and no {ANNOTATION_PREFIX}mount-path annotation"
             ))
         } else {
-            let mut reason = String::from("no emptyDir volume to convert: ");
-            self.push_left(&mut reason);
-            Decision::skipped(reason)
+            Decision::skipped(format!("no emptyDir volume to convert: {}", self.left()))
         }
     }
 }
@@ -528,7 +524,7 @@ fn describe(claims: &[Claim<'_, '_>]) -> String {
     let plural = if claims.len() == 1 { "" } else { "s" };
     match claims.first() {
         Some(first) if claims.iter().all(|c| c.size.bytes() == first.size.bytes()) => {
-            super::concat(&[first.size.as_str(), " volume", plural, " ", &names()])
+            format!("{} volume{plural} {}", first.size.as_str(), names())
         }
         _ => format!(
             "volumes {}",
@@ -561,90 +557,89 @@ fn shorter_descriptions(claims: &[Claim<'_, '_>]) -> Vec<String> {
     }
 }
 
-/// Appends a claim template: name, provenance annotation, and the storage:
-/// `{"metadata":{"name":..,"annotations":{ADDED_BY:ADDED_BY_VALUE}},"spec":{"accessModes":[..],
-/// "storageClassName":..,"resources":{"requests":{"storage":..}}}}`.
-fn claim_template(out: &mut Vec<u8>, name: &str, size: &Quantity, storage: &StorageSpec<'_>) {
-    out.extend_from_slice(br#"{"metadata":{"name":"#);
-    json::str(out, name);
-    out.extend_from_slice(br#","annotations":{"#);
-    json::str(out, ADDED_BY);
-    out.push(b':');
-    json::str(out, ADDED_BY_VALUE);
-    out.extend_from_slice(br#"}},"spec":{"accessModes":"#);
-    json::str_array(out, &storage.access_modes);
-    out.extend_from_slice(br#","storageClassName":"#);
-    json::str(out, &storage.storage_class_name);
-    out.extend_from_slice(br#","resources":{"requests":{"storage":"#);
-    json::str(out, size.as_str());
-    out.extend_from_slice(b"}}}}");
+/// A claim template: name, provenance annotation, and the claim spec.
+#[derive(Serialize)]
+struct ClaimTemplate<'a> {
+    metadata: ClaimMeta<'a>,
+    spec: ClaimSpec<'a>,
 }
 
-/// Appends the mount of the claim `data` at `path`.
-fn data_mount(out: &mut Vec<u8>, path: &str) {
-    out.extend_from_slice(br#"{"name":"#);
-    json::str(out, MOUNT_PATH_CLAIM);
-    out.extend_from_slice(br#","mountPath":"#);
-    json::str(out, path);
-    out.push(b'}');
+#[derive(Serialize)]
+struct ClaimMeta<'a> {
+    name: &'a str,
+    annotations: AddedBy,
 }
 
-/// `spec.template.spec`, the pod spec.
-const POD: [Token<'static>; 3] = [
-    Token::Key("spec"),
-    Token::Key("template"),
-    Token::Key("spec"),
-];
+/// The annotations of a claim template: [`ADDED_BY`] only.
+#[derive(Serialize)]
+struct AddedBy {
+    #[serde(rename = "kube-persist.io/added-by")]
+    added_by: &'static str,
+}
+
+/// The mount of the claim `data` at `path`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DataMount<'a> {
+    name: &'static str,
+    mount_path: &'a str,
+}
+
+/// `spec.template.spec.` followed by `tokens`.
+fn pod_path<'t>(tokens: impl IntoIterator<Item = json_patch::jsonptr::Token<'t>>) -> PointerBuf {
+    let mut path = PointerBuf::from_tokens(["spec", "template", "spec"]);
+    for token in tokens {
+        path.push_back(token);
+    }
+    path
+}
 
 /// The operations: `remove` the converted volumes from the highest index down (so the indices
 /// stay valid), `add` the claim templates, then `add` the new mounts.
-fn operations(plan: &Plan<'_>, claims: &[Claim<'_, '_>], storage: &StorageSpec<'_>) -> Patch {
-    let mut patch = Patch::new();
-    let [spec, template, pod] = POD;
-    for c in plan.convert.iter().rev() {
-        patch.remove(&[
-            spec,
-            template,
-            pod,
-            Token::Key("volumes"),
-            Token::Index(c.index),
-        ]);
-    }
-    patch.add(&[spec, Token::Key("volumeClaimTemplates")], |out| {
-        out.push(b'[');
-        for (i, c) in claims.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            claim_template(out, c.name, &c.size, storage);
-        }
-        out.push(b']');
-    });
+fn operations(
+    plan: &Plan<'_>,
+    claims: &[Claim<'_, '_>],
+    storage: &StorageSpec<'_>,
+) -> Result<Patch, serde_json::Error> {
+    let mut ops: Vec<PatchOperation> = plan
+        .convert
+        .iter()
+        .rev()
+        .map(|c| patch::remove(pod_path(["volumes".into(), c.index.into()])))
+        .collect();
+    let templates: Vec<ClaimTemplate<'_>> = claims
+        .iter()
+        .map(|c| ClaimTemplate {
+            metadata: ClaimMeta {
+                name: c.name,
+                annotations: AddedBy {
+                    added_by: ADDED_BY_VALUE,
+                },
+            },
+            spec: ClaimSpec::new(storage, &c.size),
+        })
+        .collect();
+    ops.push(patch::add(
+        PointerBuf::from_tokens(["spec", "volumeClaimTemplates"]),
+        serde_json::to_value(templates)?,
+    ));
     if let Some(mount) = &plan.mount {
+        let data = DataMount {
+            name: MOUNT_PATH_CLAIM,
+            mount_path: mount.path,
+        };
         for t in &mount.targets {
-            let mounts = [
-                spec,
-                template,
-                pod,
-                Token::Key(t.list.field()),
-                Token::Index(t.index),
-                Token::Key("volumeMounts"),
-            ];
-            if t.container.volume_mounts.is_some() {
-                let [a, b, c, d, e, f] = mounts;
-                patch.add(&[a, b, c, d, e, f, Token::End], |out| {
-                    data_mount(out, mount.path)
-                });
+            let mounts = pod_path([t.list.field().into(), t.index.into(), "volumeMounts".into()]);
+            ops.push(if t.container.volume_mounts.is_some() {
+                let mut end = mounts;
+                end.push_back("-");
+                patch::add(end, serde_json::to_value(&data)?)
             } else {
-                patch.add(&mounts, |out| {
-                    out.push(b'[');
-                    data_mount(out, mount.path);
-                    out.push(b']');
-                });
-            }
+                patch::add(mounts, serde_json::to_value([&data])?)
+            });
         }
     }
-    patch
+    Ok(Patch(ops))
 }
 
 fn controller_owner<'m>(meta: &'m MetaView<'_>) -> Option<&'m OwnerRefView<'m>> {
@@ -709,7 +704,10 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> De
     if req.operation == Operation::Update {
         return on_update(&ident, &plan, &what);
     }
-    let ops = operations(&plan, &claims, &gate.storage);
+    let patch = match operations(&plan, &claims, &gate.storage) {
+        Ok(patch) => patch,
+        Err(e) => return Decision::error(format!("cannot build the patch: {e}")),
+    };
     // The audit record's size: the largest claim.
     let largest = claims
         .iter()
@@ -722,41 +720,38 @@ pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> De
         },
         _ => gate.storage.clone(),
     };
-    let mut d = propose(&ident, policy, &storage, ops, &what, warnings);
+    let mut details = String::new();
+    for c in claims.iter().filter(|c| c.raised) {
+        details += &format!("; {} raised to its emptyDir sizeLimit", c.name);
+    }
+    if let Some(mount) = &plan.mount {
+        let containers: Vec<&str> = mount.targets.iter().map(|t| &*t.container.name).collect();
+        details += &format!(
+            "; {MOUNT_PATH_CLAIM} mounted at {} in {}",
+            mount.path,
+            containers.join(", ")
+        );
+    }
+    if !plan.left.is_empty() {
+        details += &format!("; left as emptyDir: {}", plan.left());
+    }
+    let mut d = propose(&ident, policy, &storage, patch, &what, &details, warnings);
     // A warning that lists many volumes is cut at the end, where the class and the object are
     // named: name fewer details on that line instead (the reason keeps the full list).
-    let cut = |d: &Decision| d.warnings.first().is_some_and(|w| w.ends_with("..."));
-    if cut(&d) {
+    let cut = |line: &str| line.ends_with("...");
+    if let Some(first) = d.warnings.first_mut().filter(|w| cut(w)) {
+        let mode = policy.mode_for(ident.namespace);
         for shorter in shorter_descriptions(&claims) {
-            let line = propose(&ident, policy, &storage, Patch::new(), &shorter, Vec::new());
-            if let (Some(first), Some(line)) = (d.warnings.first_mut(), line.warnings.first()) {
-                first.clone_from(line);
-            }
-            if !cut(&d) {
+            *first = super::shorten(added_line(
+                &ident,
+                mode,
+                &shorter,
+                &storage.storage_class_name,
+            ));
+            if !cut(first) {
                 break;
             }
         }
-    }
-    let reason = &mut d.reason;
-    for c in claims.iter().filter(|c| c.raised) {
-        for part in ["; ", c.name, " raised to its emptyDir sizeLimit"] {
-            reason.push_str(part);
-        }
-    }
-    if let Some(mount) = &plan.mount {
-        for part in ["; ", MOUNT_PATH_CLAIM, " mounted at ", mount.path, " in "] {
-            reason.push_str(part);
-        }
-        for (i, t) in mount.targets.iter().enumerate() {
-            if i > 0 {
-                reason.push_str(", ");
-            }
-            reason.push_str(&t.container.name);
-        }
-    }
-    if !plan.left.is_empty() {
-        reason.push_str("; left as emptyDir: ");
-        plan.push_left(reason);
     }
     d
 }
@@ -796,7 +791,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        admission::{MAX_WARNING_LEN, Outcome, review},
+        admission::{MAX_WARNING_LEN, Outcome, ReviewBody, review},
         policy::Source,
     };
 
@@ -852,28 +847,14 @@ mod tests {
     }
 
     fn review_of(op: &str, object: &Value) -> Vec<u8> {
-        let old = if op == "UPDATE" {
-            object.clone()
-        } else {
-            Value::Null
-        };
-        serde_json::to_vec(&json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": UID,
-                "kind": {"group": "apps", "version": "v1", "kind": "StatefulSet"},
-                "resource": {"group": "apps", "version": "v1", "resource": "statefulsets"},
-                "name": object["metadata"]["name"],
-                "namespace": object["metadata"]["namespace"],
-                "operation": op,
-                "userInfo": {"username": "alice"},
-                "object": object,
-                "oldObject": old,
-                "dryRun": false,
-            },
-        }))
-        .unwrap()
+        let body = ReviewBody::new(object).uid(UID).user("alice", &[]);
+        match op {
+            "UPDATE" => body
+                .operation(Operation::Update)
+                .old_object(object)
+                .to_vec(),
+            _ => body.to_vec(),
+        }
     }
 
     fn run(op: &str, object: &Value, policy: &Policy) -> (Decision, Value) {
@@ -894,10 +875,10 @@ mod tests {
     /// Applies, checks that a second pass changes nothing, and returns the result.
     fn mutated(object: &Value) -> Value {
         let (d, response) = create(object);
-        assert_eq!(d.outcome, Outcome::Mutated, "{}", d.reason);
+        assert_eq!(d.outcome(), Outcome::Mutated, "{}", d.reason());
         let result = apply(object, &response);
         let (again, response) = create(&result);
-        assert_eq!(again.outcome, Outcome::Unchanged, "{}", again.reason);
+        assert_eq!(again.outcome(), Outcome::Unchanged, "{}", again.reason());
         assert!(again.warnings.is_empty(), "{:?}", again.warnings);
         assert!(response["response"].get("patch").is_none());
         result
@@ -927,7 +908,7 @@ mod tests {
     fn a_mounted_disk_emptydir_becomes_a_claim_template_of_the_same_name() {
         let object = redis();
         let (d, response) = create(&object);
-        assert_eq!(d.outcome, Outcome::Mutated);
+        assert_eq!(d.outcome(), Outcome::Mutated);
         assert_eq!(
             paths(&d),
             [
@@ -941,7 +922,7 @@ mod tests {
                 "kube-persist: added 100Gi volume data on StorageClass prometheus-data-db (StatefulSet default/redis)"
             ]
         );
-        assert_eq!(d.reason, "added 100Gi volume data");
+        assert_eq!(d.reason(), "added 100Gi volume data");
         let r = &response["response"];
         assert_eq!(r["allowed"], true);
         assert_eq!(r["patchType"], "JSONPatch");
@@ -994,7 +975,7 @@ mod tests {
             d.warnings
         );
         assert_eq!(
-            d.reason,
+            d.reason(),
             "added 100Gi volumes data, wal; left as emptyDir: tmp (name excluded by policy), dshm (medium: Memory)"
         );
         let result = mutated(&object);
@@ -1040,9 +1021,9 @@ mod tests {
                 "volumes": [volume],
             }));
             let (d, response) = create(&object);
-            assert_eq!(d.outcome, Outcome::Skipped, "{why}");
-            assert_eq!(d.reason, format!("no emptyDir volume to convert: {why}"));
-            assert!(d.patch.is_empty() && d.warnings.is_empty());
+            assert_eq!(d.outcome(), Outcome::Skipped, "{why}");
+            assert_eq!(d.reason(), format!("no emptyDir volume to convert: {why}"));
+            assert!(d.patch().is_none() && d.warnings.is_empty());
             assert!(response["response"].get("patch").is_none());
         }
     }
@@ -1055,15 +1036,15 @@ mod tests {
             json!({}),
         ] {
             let (d, _) = create(&sts(pod));
-            assert_eq!(d.outcome, Outcome::Unchanged);
+            assert_eq!(d.outcome(), Outcome::Unchanged);
             assert_eq!(
-                d.reason,
+                d.reason(),
                 "no emptyDir volume and no kube-persist.io/mount-path annotation"
             );
         }
         let mut no_spec = redis();
         no_spec.as_object_mut().unwrap().remove("spec");
-        assert_eq!(create(&no_spec).0.outcome, Outcome::Unchanged);
+        assert_eq!(create(&no_spec).0.outcome(), Outcome::Unchanged);
     }
 
     #[test]
@@ -1095,12 +1076,12 @@ mod tests {
             &object,
             &Policy::from_yaml("strict: true", "p").unwrap(),
         );
-        assert_eq!(d.outcome, Outcome::Unchanged);
+        assert_eq!(d.outcome(), Outcome::Unchanged);
         assert_eq!(
-            d.reason,
+            d.reason(),
             "spec.volumeClaimTemplates is set (1): storage already chosen"
         );
-        assert!(d.warnings.is_empty() && d.denied.is_none());
+        assert!(d.warnings.is_empty() && d.denied().is_none());
 
         // An empty list is no claim: the add replaces it.
         let mut empty = redis();
@@ -1120,9 +1101,9 @@ mod tests {
         ]);
         let strict = Policy::from_yaml("strict: true", "p").unwrap();
         let (d, response) = run("CREATE", &object, &strict);
-        assert_eq!(d.outcome, Outcome::Skipped);
+        assert_eq!(d.outcome(), Outcome::Skipped);
         assert_eq!(
-            d.reason,
+            d.reason(),
             "owned by controller Prometheus k8s: its owner decides its storage"
         );
         assert_eq!(response["response"]["allowed"], true);
@@ -1133,14 +1114,14 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("annotations");
-        assert_eq!(create(&object).0.outcome, Outcome::Mutated);
+        assert_eq!(create(&object).0.outcome(), Outcome::Mutated);
     }
 
     #[test]
     fn opt_outs_are_skipped_with_the_reason() {
         let (d, _) = create(&annotate(redis(), json!({"kube-persist.io/skip": "true"})));
         assert_eq!(
-            (d.outcome, d.reason.as_str()),
+            (d.outcome(), d.reason()),
             (
                 Outcome::Skipped,
                 "annotation kube-persist.io/skip is \"true\""
@@ -1151,7 +1132,7 @@ mod tests {
         system["metadata"]["namespace"] = json!("kube-system");
         let (d, _) = create(&system);
         assert_eq!(
-            (d.outcome, d.reason.as_str()),
+            (d.outcome(), d.reason()),
             (
                 Outcome::Skipped,
                 "namespace kube-system is excluded by policy"
@@ -1161,7 +1142,7 @@ mod tests {
         let off = Policy::from_yaml("targets: { statefulSets: false }", "p").unwrap();
         let (d, _) = run("CREATE", &redis(), &off);
         assert_eq!(
-            (d.outcome, d.reason.as_str()),
+            (d.outcome(), d.reason()),
             (Outcome::Skipped, "policy targets.statefulSets is false")
         );
     }
@@ -1173,8 +1154,8 @@ mod tests {
             "volumes": [empty_dir("data"), config_map("data")],
         }));
         let (d, _) = create(&object);
-        assert_eq!(d.outcome, Outcome::Unchanged);
-        assert!(d.reason.contains("data is used twice"), "{}", d.reason);
+        assert_eq!(d.outcome(), Outcome::Unchanged);
+        assert!(d.reason().contains("data is used twice"), "{}", d.reason());
     }
 
     // ---- UPDATE ----
@@ -1182,8 +1163,8 @@ mod tests {
     #[test]
     fn update_is_never_mutated_and_says_how_to_recreate() {
         let (d, response) = run("UPDATE", &redis(), &Policy::default());
-        assert_eq!(d.outcome, Outcome::Skipped);
-        assert!(d.patch.is_empty() && d.storage.is_none());
+        assert_eq!(d.outcome(), Outcome::Skipped);
+        assert!(d.patch().is_none() && d.storage().is_none());
         assert!(response["response"].get("patch").is_none());
         assert_eq!(
             d.warnings,
@@ -1192,8 +1173,8 @@ mod tests {
                 "kube-persist: to add claims: kubectl delete sts redis -n default --cascade=orphan, then apply it again"
             ]
         );
-        assert!(d.reason.contains("immutable"), "{}", d.reason);
-        assert!(d.reason.contains("--cascade=orphan"), "{}", d.reason);
+        assert!(d.reason().contains("immutable"), "{}", d.reason());
+        assert!(d.reason().contains("--cascade=orphan"), "{}", d.reason());
         assert_eq!(
             response["response"]["auditAnnotations"]["decision"],
             "skipped"
@@ -1201,7 +1182,10 @@ mod tests {
 
         // In audit mode too.
         let audit = Policy::from_yaml("mode: audit", "p").unwrap();
-        assert_eq!(run("UPDATE", &redis(), &audit).0.outcome, Outcome::Skipped);
+        assert_eq!(
+            run("UPDATE", &redis(), &audit).0.outcome(),
+            Outcome::Skipped
+        );
 
         // mount-path on UPDATE names the path.
         let object = annotate(
@@ -1209,7 +1193,7 @@ mod tests {
             json!({"kube-persist.io/mount-path": "/var/lib/app"}),
         );
         let (d, _) = run("UPDATE", &object, &Policy::default());
-        assert_eq!(d.outcome, Outcome::Skipped);
+        assert_eq!(d.outcome(), Outcome::Skipped);
         assert!(
             d.warnings[0].contains("has no claim for /var/lib/app"),
             "{:?}",
@@ -1224,10 +1208,10 @@ mod tests {
             "volumes": [empty_dir("tmp")],
         }));
         let (d, _) = run("UPDATE", &object, &Policy::default());
-        assert_eq!(d.outcome, Outcome::Skipped);
+        assert_eq!(d.outcome(), Outcome::Skipped);
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
         let (d, _) = run("UPDATE", &mutated(&redis()), &Policy::default());
-        assert_eq!(d.outcome, Outcome::Unchanged);
+        assert_eq!(d.outcome(), Outcome::Unchanged);
         assert!(d.warnings.is_empty());
     }
 
@@ -1251,11 +1235,11 @@ mod tests {
             ]
         );
         assert!(
-            d.reason.ends_with(
+            d.reason().ends_with(
                 "left as emptyDir: data (not in kube-persist.io/volumes), tmp (not in kube-persist.io/volumes)"
             ),
             "{}",
-            d.reason
+            d.reason()
         );
         // Listed in another order than the volumes: removals still go highest index first.
         let object = annotate(object, json!({"kube-persist.io/volumes": "tmp,data"}));
@@ -1287,9 +1271,9 @@ mod tests {
         for (value, problem) in cases {
             let object = annotate(sts(pod.clone()), json!({"kube-persist.io/volumes": value}));
             let (d, response) = create(&object);
-            assert_eq!(d.outcome, Outcome::Invalid, "{value}");
+            assert_eq!(d.outcome(), Outcome::Invalid, "{value}");
             assert_eq!(
-                d.reason,
+                d.reason(),
                 format!("invalid annotation: kube-persist.io/volumes {value:?}: {problem}")
             );
             assert_eq!(
@@ -1336,10 +1320,10 @@ mod tests {
             ]
         );
         assert!(
-            d.reason
+            d.reason()
                 .ends_with("data mounted at /usr/share/elasticsearch/data in es, exporter"),
             "{}",
-            d.reason
+            d.reason()
         );
         let result = mutated(&object);
         assert_eq!(claim_names(&result), ["data"]);
@@ -1406,12 +1390,12 @@ mod tests {
             json!({"kube-persist.io/mount-path": "/var/log/redis"}),
         );
         let (d, _) = create(&object);
-        assert_eq!(d.outcome, Outcome::Invalid);
+        assert_eq!(d.outcome(), Outcome::Invalid);
         assert!(
-            d.reason
+            d.reason()
                 .ends_with("the pod template already has a volume named data"),
             "{}",
-            d.reason
+            d.reason()
         );
     }
 
@@ -1459,8 +1443,8 @@ mod tests {
         for (annotations, expected) in cases {
             let object = annotate(sts(pod.clone()), annotations.clone());
             let (d, response) = create(&object);
-            assert_eq!(d.outcome, Outcome::Invalid, "{annotations}");
-            assert_eq!(d.reason, format!("invalid annotation: {expected}"));
+            assert_eq!(d.outcome(), Outcome::Invalid, "{annotations}");
+            assert_eq!(d.reason(), format!("invalid annotation: {expected}"));
             assert!(response["response"].get("patch").is_none());
         }
 
@@ -1472,12 +1456,12 @@ mod tests {
             json!({"kube-persist.io/mount-path": "/var/lib/app"}),
         );
         let (d, _) = create(&object);
-        assert_eq!(d.outcome, Outcome::Invalid);
+        assert_eq!(d.outcome(), Outcome::Invalid);
         assert!(
-            d.reason
+            d.reason()
                 .ends_with("the pod template already has a volume named data"),
             "{}",
-            d.reason
+            d.reason()
         );
 
         // No container to mount it in.
@@ -1487,9 +1471,9 @@ mod tests {
         );
         let (d, _) = create(&object);
         assert!(
-            d.reason.ends_with("the pod template has no containers"),
+            d.reason().ends_with("the pod template has no containers"),
             "{}",
-            d.reason
+            d.reason()
         );
     }
 
@@ -1509,7 +1493,7 @@ mod tests {
             }),
         );
         let (d, _) = create(&object);
-        let storage = d.storage.unwrap();
+        let storage = d.storage().unwrap();
         assert_eq!(
             (
                 storage.storage_class_name.as_str(),
@@ -1532,7 +1516,7 @@ mod tests {
 
         let policy = Policy::from_yaml("namespaces: { default: { size: 5Gi } }", "p").unwrap();
         let (d, _) = run("CREATE", &redis(), &policy);
-        let storage = d.storage.unwrap();
+        let storage = d.storage().unwrap();
         assert_eq!(
             (storage.size.as_str(), storage.source),
             ("5Gi", Source::Namespace)
@@ -1548,11 +1532,11 @@ mod tests {
             ("kube-persist.io/skip", "yes"),
         ] {
             let (d, _) = create(&annotate(redis(), json!({ key: value })));
-            assert_eq!(d.outcome, Outcome::Invalid, "{key}");
+            assert_eq!(d.outcome(), Outcome::Invalid, "{key}");
             assert!(
-                d.reason.contains(&format!("{key} {value:?}")),
+                d.reason().contains(&format!("{key} {value:?}")),
                 "{}",
-                d.reason
+                d.reason()
             );
             assert_eq!(d.warnings.len(), 1);
         }
@@ -1570,10 +1554,10 @@ mod tests {
         }));
         let (d, response) = create(&object);
         assert!(
-            d.reason
+            d.reason()
                 .starts_with("added volumes data (200Gi), wal (100Gi), small (100Gi);"),
             "{}",
-            d.reason
+            d.reason()
         );
         // Too long for a warning line with the sizes: the names only.
         assert_eq!(
@@ -1581,12 +1565,12 @@ mod tests {
             "kube-persist: added volumes data, wal, small on StorageClass prometheus-data-db (StatefulSet default/redis)"
         );
         assert!(
-            d.reason.contains("data raised to its emptyDir sizeLimit"),
+            d.reason().contains("data raised to its emptyDir sizeLimit"),
             "{}",
-            d.reason
+            d.reason()
         );
         // The audit record names the largest claim.
-        assert_eq!(d.storage.as_ref().unwrap().size, "200Gi");
+        assert_eq!(d.storage().unwrap().size, "200Gi");
         assert_eq!(
             response["response"]["auditAnnotations"]["storage"],
             "prometheus-data-db/200Gi"
@@ -1608,7 +1592,7 @@ mod tests {
             "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "big"}}],
         }));
         let (d, _) = create(&object);
-        assert_eq!(d.outcome, Outcome::Mutated);
+        assert_eq!(d.outcome(), Outcome::Mutated);
         assert_eq!(
             d.warnings[1],
             "kube-persist: emptyDir data sizeLimit \"big\" is not a quantity; its claim gets 100Gi (StatefulSet default/redis)"
@@ -1626,7 +1610,7 @@ mod tests {
     fn audit_mode_reports_without_patching() {
         let audit = Policy::from_yaml("mode: audit", "p").unwrap();
         let (d, response) = run("CREATE", &redis(), &audit);
-        assert_eq!(d.outcome, Outcome::WouldMutate);
+        assert_eq!(d.outcome(), Outcome::WouldMutate);
         assert_eq!(
             paths(&d).len(),
             2,
@@ -1650,7 +1634,7 @@ mod tests {
             "annotations": {"kube-persist.io/mountpath": "/data"},
         });
         let (d, _) = create(&object);
-        assert_eq!(d.outcome, Outcome::Mutated);
+        assert_eq!(d.outcome(), Outcome::Mutated);
         assert!(
             d.warnings[0].ends_with("(StatefulSet default/redis-*)"),
             "{:?}",
@@ -1692,10 +1676,10 @@ mod tests {
             ]
         );
         assert!(
-            d.reason
+            d.reason()
                 .starts_with("added 100Gi volumes volume-number-0, volume-number-1,"),
             "{}",
-            d.reason
+            d.reason()
         );
         let audit = Policy::from_yaml("mode: audit", "p").unwrap();
         let (d, _) = run("CREATE", &object, &audit);
@@ -1705,10 +1689,10 @@ mod tests {
             d.warnings
         );
         assert!(
-            d.reason
+            d.reason()
                 .starts_with("audit mode: would add 100Gi volumes volume-number-0,"),
             "{}",
-            d.reason
+            d.reason()
         );
     }
 
@@ -1724,5 +1708,12 @@ mod tests {
         assert!(same_path("/data/", "/data"));
         assert!(same_path("//data/./x", "/data/x"));
         assert!(!same_path("/data", "/data/x"));
+        let added_by = AddedBy {
+            added_by: ADDED_BY_VALUE,
+        };
+        assert_eq!(
+            serde_json::to_value(added_by).unwrap(),
+            json!({ ADDED_BY: ADDED_BY_VALUE })
+        );
     }
 }

@@ -8,9 +8,8 @@ use super::Decision;
 
 /// `add /path` / `remove /path` for each operation, in order.
 pub(crate) fn paths(d: &Decision) -> Vec<String> {
-    d.patch
-        .operations()
-        .expect("the engine writes valid JSON Patch")
+    d.patch()
+        .map_or(&[][..], |p| &p.0)
         .iter()
         .map(|op| match op {
             PatchOperation::Add(a) => format!("add {}", a.path),

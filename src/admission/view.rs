@@ -227,7 +227,7 @@ pub struct SpecView<'a> {
     pub template: Option<PodTemplateView<'a>>,
 }
 
-/// `oldObject`: only whether it had storage, and that storage (with its extras) verbatim.
+/// `oldObject`: only whether it had storage, and that storage (with its extras) as raw JSON.
 #[derive(Debug, Default, Deserialize)]
 pub struct OldObjectView<'a> {
     /// `spec`.
@@ -235,7 +235,7 @@ pub struct OldObjectView<'a> {
     pub spec: Option<OldSpecView<'a>>,
 }
 
-/// `oldObject.spec`: what an UPDATE that drops `spec.storage` gets back, verbatim.
+/// `oldObject.spec`: what an UPDATE that drops `spec.storage` gets back, as raw JSON.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OldSpecView<'a> {

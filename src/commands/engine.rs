@@ -5,11 +5,10 @@
 //! returned patch with `json_patch`. This module builds that body and reads the answer; it holds
 //! no policy rule.
 
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    admission::{self, Decision, Ident, Outcome, Target},
+    admission::{self, Decision, Ident, Operation, ReviewBody, Target, Verdict},
     cli::OperationArg,
     policy::Policy,
 };
@@ -76,17 +75,17 @@ pub struct Decided {
 }
 
 impl Decided {
-    /// The operations the webhook would return (empty unless it mutates).
-    pub fn patch(&self) -> &admission::Patch {
-        self.decision.response_patch()
+    /// The patch the webhook returns: only when it mutates (not in audit mode).
+    pub fn patch(&self) -> Option<&admission::Patch> {
+        match &self.decision.verdict {
+            Verdict::Mutate(change) => Some(&change.patch),
+            _ => None,
+        }
     }
 
     /// Whether the webhook changes, or in audit mode would change, the object.
     pub fn changes(&self) -> bool {
-        matches!(
-            self.decision.outcome,
-            Outcome::Mutated | Outcome::WouldMutate
-        )
+        self.decision.change().is_some()
     }
 }
 
@@ -124,81 +123,25 @@ pub fn review_body(
     uid: &str,
     default_namespace: &str,
 ) -> Vec<u8> {
-    let metadata = object.get("metadata");
-    let text = |field: &str| {
-        metadata
-            .and_then(|m| m.get(field))
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+    let body = ReviewBody::new(object)
+        .kind(&meta.group, &meta.version, &meta.kind)
+        .uid(uid)
+        .user(OFFLINE_USER, &[]);
+    let body = match object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+    {
+        Some(ns) if !ns.is_empty() => body,
+        _ if CLUSTER_SCOPED.contains(&meta.kind.as_str()) => body.namespace(None),
+        _ => body.namespace(Some(default_namespace)),
     };
-    let namespace = match text("namespace") {
-        Some(ns) => Some(ns),
-        None if CLUSTER_SCOPED.contains(&meta.kind.as_str()) => None,
-        None => Some(default_namespace),
-    };
-    let operation = match operation {
-        OperationArg::Create => "CREATE",
-        OperationArg::Update => "UPDATE",
-    };
-    let old_object = (operation == "UPDATE").then_some(object);
-    let review = ReviewIn {
-        api_version: "admission.k8s.io/v1",
-        kind: "AdmissionReview",
-        request: RequestIn {
-            uid,
-            kind: KindIn {
-                group: &meta.group,
-                version: &meta.version,
-                kind: &meta.kind,
-            },
-            name: text("name"),
-            namespace,
-            operation,
-            user_info: UserIn {
-                username: OFFLINE_USER,
-            },
-            object,
-            old_object,
-        },
-    };
-    // A `Value` and plain strings: serialization cannot fail.
-    serde_json::to_vec(&review).unwrap_or_default()
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    request: RequestIn<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
-    uid: &'a str,
-    kind: KindIn<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<&'a str>,
-    operation: &'static str,
-    user_info: UserIn,
-    object: &'a Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old_object: Option<&'a Value>,
-}
-
-#[derive(Serialize)]
-struct KindIn<'a> {
-    group: &'a str,
-    version: &'a str,
-    kind: &'a str,
-}
-
-#[derive(Serialize)]
-struct UserIn {
-    username: &'static str,
+    match operation {
+        OperationArg::Create => body.to_vec(),
+        OperationArg::Update => body
+            .operation(Operation::Update)
+            .old_object(object)
+            .to_vec(),
+    }
 }
 
 #[cfg(test)]
@@ -271,8 +214,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decided.ident, "Prometheus monitoring/k8s");
-        assert_eq!(decided.decision.outcome, Outcome::Mutated);
+        assert_eq!(decided.decision.outcome(), admission::Outcome::Mutated);
         assert!(decided.changes());
-        assert!(!decided.patch().is_empty());
+        assert!(decided.patch().is_some());
     }
 }

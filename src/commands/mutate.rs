@@ -25,7 +25,7 @@ use super::{
     manifest::{self, Format, InputError, RawDocument, Stream},
 };
 use crate::{
-    admission::{Outcome, Patch},
+    admission::{Outcome, Patch, Verdict},
     cli::{MutateArgs, MutateOutput, OperationArg},
     policy::Policy,
 };
@@ -264,8 +264,8 @@ impl<W: Write, L: Write> Run<'_, W, L> {
             Ok(decided) => decided,
             Err(e) => return self.object_error(label, e.to_string()),
         };
-        if decided.decision.outcome == Outcome::Error {
-            let reason = manifest::strip_location(&decided.decision.reason).to_string();
+        if let Verdict::Error { reason } = &decided.decision.verdict {
+            let reason = manifest::strip_location(reason).to_string();
             return self.object_error(label, reason);
         }
         let changes = decided.changes();
@@ -276,20 +276,18 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         // storage does not make the object safe.
         let create_outcome = match (&gap, config.operation) {
             (Some(_), OperationArg::Update) if !changes => match decide(OperationArg::Create) {
-                Ok(created) => created.decision.outcome,
+                Ok(created) => created.decision.outcome(),
                 Err(e) => return self.object_error(label, e.to_string()),
             },
-            _ => decided.decision.outcome,
+            _ => decided.decision.outcome(),
         };
         // Objects the webhook changes are counted as changed, not as at risk.
         let at_risk = !changes && gap::at_risk(gap.as_ref(), false, create_outcome);
-        let before = (config.output == Some(MutateOutput::Diff) && !decided.patch().is_empty())
+        let before = (config.output == Some(MutateOutput::Diff) && decided.patch().is_some())
             .then(|| object.clone());
         let applied = decided
             .patch()
-            .operations()
-            .map_err(|e| e.to_string())
-            .and_then(|ops| json_patch::patch(object, &ops).map_err(|e| e.to_string()));
+            .map_or(Ok(()), |patch| json_patch::patch(object, patch));
         if let Err(e) = applied {
             return self.object_error(
                 label,
@@ -299,11 +297,13 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         self.summary.objects += 1;
         self.summary.changed += usize::from(changes);
         self.summary.at_risk += usize::from(at_risk);
-        self.summary.invalid += usize::from(decided.decision.outcome == Outcome::Invalid);
+        self.summary.invalid += usize::from(decided.decision.outcome() == Outcome::Invalid);
         self.log_object(label, &decided, gap.as_ref().filter(|_| at_risk))?;
         match config.output {
-            Some(MutateOutput::Patch) if !decided.patch().is_empty() => {
-                self.print_patch(label, &decided)?;
+            Some(MutateOutput::Patch) => {
+                if let Some(patch) = decided.patch() {
+                    self.print_patch(label, &decided.ident, patch)?;
+                }
             }
             Some(MutateOutput::Diff) => {
                 if let Some(before) = before {
@@ -312,7 +312,7 @@ impl<W: Write, L: Write> Run<'_, W, L> {
             }
             _ => {}
         }
-        Ok(Some(!decided.patch().is_empty()))
+        Ok(Some(decided.patch().is_some()))
     }
 
     fn object_error(&mut self, label: &str, problem: String) -> io::Result<Option<bool>> {
@@ -333,8 +333,8 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         let mut line = format!(
             "{label} {}: {} ({})",
             decided.ident,
-            d.outcome.as_str(),
-            d.reason
+            d.outcome().as_str(),
+            d.reason()
         );
         if let Some(gap) = gap {
             let _ = write!(line, "; at risk: {gap}");
@@ -346,7 +346,7 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         Ok(())
     }
 
-    fn print_patch(&mut self, label: &str, decided: &Decided) -> io::Result<()> {
+    fn print_patch(&mut self, label: &str, ident: &str, patch: &Patch) -> io::Result<()> {
         #[derive(Serialize)]
         struct Line<'a> {
             source: &'a str,
@@ -355,8 +355,8 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         }
         let line = Line {
             source: label,
-            object: &decided.ident,
-            patch: decided.patch(),
+            object: ident,
+            patch,
         };
         let mut text = serde_json::to_string(&line).map_err(io::Error::other)?;
         text.push('\n');

@@ -29,7 +29,7 @@ use super::{
     gap,
 };
 use crate::{
-    admission::Outcome,
+    admission::{Change, Verdict},
     cli::{OperationArg, ScanArgs, ScanOutput},
     policy::Policy,
 };
@@ -297,26 +297,30 @@ fn decide(
     let decided = engine::decide(&value, meta, OperationArg::Create, &uid, &namespace, policy)?;
     report.scanned += 1;
     let d = &decided.decision;
-    if d.outcome == Outcome::Error {
+    if let Verdict::Error { reason } = &d.verdict {
         report
             .unreadable
-            .push(format!("{}: {}", decided.ident, d.reason));
+            .push(format!("{}: {reason}", decided.ident));
         return Ok(());
     }
     let gap = meta
         .target()
         .and_then(|target| gap::of(target, &value, policy));
-    if !gap::at_risk(gap.as_ref(), decided.changes(), d.outcome) {
+    if !gap::at_risk(gap.as_ref(), decided.changes(), d.outcome()) {
         report.opted_out += usize::from(gap.is_some());
         return Ok(());
     }
-    let would_add = match (&d.outcome, &d.storage) {
-        (Outcome::Mutated, Some(s)) => format!("{} on {}", s.size, s.storage_class_name),
-        (Outcome::WouldMutate, Some(s)) => format!(
+    let would_add = match &d.verdict {
+        Verdict::Mutate(Change {
+            storage: Some(s), ..
+        }) => format!("{} on {}", s.size, s.storage_class_name),
+        Verdict::WouldMutate(Change {
+            storage: Some(s), ..
+        }) => format!(
             "nothing: audit mode (would be {} on {})",
             s.size, s.storage_class_name
         ),
-        _ => format!("nothing: {}", d.reason),
+        _ => format!("nothing: {}", d.reason()),
     };
     report.at_risk.push(Finding {
         namespace,
@@ -325,7 +329,7 @@ fn decide(
         replicas: gap::replicas(&value),
         risk: gap.map_or_else(|| "no persistent storage".to_string(), |g| g.to_string()),
         would_add,
-        decision: d.outcome.as_str(),
+        decision: d.outcome().as_str(),
     });
     Ok(())
 }

@@ -276,18 +276,18 @@ fn answer(state: &WebhookState, body: &Bytes) -> WebhookResponse {
     );
     state
         .metrics
-        .reviewed(target, request.operation, decision.outcome);
+        .reviewed(target, request.operation, decision.outcome());
     state.metrics.duration.observe(elapsed.as_secs_f64());
     let record = AuditRecord::new(request, decision, jiff::Timestamp::now(), elapsed);
     state.audit.record(&record);
     tracing::debug!(
         uid = %request.uid,
         kind = %request.kind.kind,
-        decision = decision.outcome.as_str(),
-        reason = %decision.reason,
+        decision = decision.outcome().as_str(),
+        reason = %decision.reason(),
         "Reviewed"
     );
-    if let Some(denied) = &decision.denied {
+    if let Some(denied) = decision.denied() {
         tracing::warn!(uid = %request.uid, message = %denied, "Denied");
     }
     with_type(

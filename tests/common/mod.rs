@@ -19,8 +19,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use kube_persist::admission::{Operation, ReviewBody};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -367,26 +368,19 @@ impl Client {
     }
 }
 
-/// A CREATE (or `op`) AdmissionReview of `object`.
+/// A CREATE (or `op`) AdmissionReview of `object` (an UPDATE from `object` itself).
 pub fn review_of(object: &Value, op: &str, uid: &str) -> Value {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": group, "version": version, "kind": object["kind"]},
-            "resource": {"group": group, "version": version, "resource": "x"},
-            "name": object["metadata"]["name"],
-            "namespace": object["metadata"]["namespace"],
-            "operation": op,
-            "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]},
-            "object": object,
-            "oldObject": if op == "UPDATE" { object.clone() } else { Value::Null },
-            "dryRun": false,
-        }
-    })
+    let op: Operation = serde_json::from_value(op.into()).unwrap();
+    let body = ReviewBody::new(object).uid(uid).operation(op).user(
+        "kubernetes-admin",
+        &["system:masters", "system:authenticated"],
+    );
+    let body = if op == Operation::Update {
+        body.old_object(object)
+    } else {
+        body
+    };
+    serde_json::from_slice(&body.to_vec()).unwrap()
 }
 
 /// The response's patch applied to `object` (unchanged when there is none).

@@ -8,37 +8,32 @@ use base64::Engine as _;
 use json_patch::PatchOperation;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube_persist::{
-    admission::{Decision, MAX_WARNING_LEN, Outcome, review},
+    admission::{Decision, MAX_WARNING_LEN, Operation, Outcome, ReviewBody, review},
     policy::Policy,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// An AdmissionReview v1 request for `object` (a StatefulSet) with `operation`.
+/// An AdmissionReview v1 request for `object` (a StatefulSet) with `operation`, in namespace
+/// `default` unless the object names one.
 pub fn review_of(operation: &str, object: &Value) -> Value {
-    let meta = &object["metadata"];
-    let namespace = meta["namespace"].as_str().unwrap_or("default");
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "7c0e7f4a-3a53-4c3c-9d43-0d9f1b1e2a11",
-            "kind": {"group": "apps", "version": "v1", "kind": "StatefulSet"},
-            "resource": {"group": "apps", "version": "v1", "resource": "statefulsets"},
-            "requestKind": {"group": "apps", "version": "v1", "kind": "StatefulSet"},
-            "requestResource": {"group": "apps", "version": "v1", "resource": "statefulsets"},
-            "name": meta["name"].as_str().unwrap_or(""),
-            "namespace": namespace,
-            "operation": operation,
-            "userInfo": {
-                "username": "system:serviceaccount:argocd:argocd-application-controller",
-                "groups": ["system:serviceaccounts", "system:authenticated"]
-            },
-            "object": object,
-            "oldObject": if operation == "UPDATE" { object.clone() } else { Value::Null },
-            "dryRun": false,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
-        }
-    })
+    let operation: Operation = serde_json::from_value(operation.into()).expect("an operation");
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let body = ReviewBody::new(object)
+        .uid("7c0e7f4a-3a53-4c3c-9d43-0d9f1b1e2a11")
+        .namespace(Some(namespace))
+        .operation(operation)
+        .user(
+            "system:serviceaccount:argocd:argocd-application-controller",
+            &["system:serviceaccounts", "system:authenticated"],
+        );
+    let body = if operation == Operation::Update {
+        body.old_object(object)
+    } else {
+        body
+    };
+    serde_json::from_slice(&body.to_vec()).expect("JSON")
 }
 
 /// What [`check`] found.
@@ -109,12 +104,12 @@ pub fn check(body: &[u8], policy: &Policy) -> Checked {
     assert_eq!(response["response"]["uid"], uid, "uid echoed");
     assert_eq!(
         response["response"]["allowed"],
-        decision.denied.is_none(),
+        decision.denied().is_none(),
         "allowed unless denied"
     );
     assert_eq!(
         response["response"]["auditAnnotations"]["decision"],
-        decision.outcome.as_str()
+        decision.outcome().as_str()
     );
     for w in &decision.warnings {
         assert!(
@@ -127,11 +122,11 @@ pub fn check(body: &[u8], policy: &Policy) -> Checked {
     let ops = response_patch(&response);
     assert_eq!(
         ops.is_some(),
-        decision.outcome == Outcome::Mutated,
+        decision.outcome() == Outcome::Mutated,
         "a patch exactly when mutated: {}",
-        decision.reason
+        decision.reason()
     );
-    if decision.outcome == Outcome::Mutated {
+    if decision.outcome() == Outcome::Mutated {
         assert_eq!(response["response"]["patchType"], "JSONPatch");
     }
     let ops = ops.unwrap_or_default();
@@ -154,10 +149,10 @@ pub fn check(body: &[u8], policy: &Policy) -> Checked {
     assert!(
         second_response["response"].get("patch").is_none(),
         "re-submitting the result gave a patch: {}",
-        second.decision.reason
+        second.decision.reason()
     );
     if !ops.is_empty() {
-        assert_eq!(second.decision.outcome, Outcome::Unchanged);
+        assert_eq!(second.decision.outcome(), Outcome::Unchanged);
         assert!(
             second.decision.warnings.is_empty(),
             "{:?}",

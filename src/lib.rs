@@ -2,10 +2,11 @@
 //!
 //! Three jobs share this library: the mutating admission webhook ([`server`] around the pure
 //! [`admission`] engine), the NFS provisioner controller ([`provisioner`]) and the offline
-//! policy commands ([`commands`]). Decisions are plain functions over plain data; I/O is a thin
+//! policy commands ([`commands`]). [`run`] wires the first two with the [`admin`] port. Decisions are plain functions over plain data; I/O is a thin
 //! shell around them.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod certs;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod provisioner;
 pub mod quantity;
 pub mod rbac;
+pub mod run;
 pub mod server;
 pub mod telemetry;
 
@@ -32,26 +34,17 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     } = cli;
     match command {
         Command::Serve(args) => {
-            run(args.into_config()?, shutdown_signal()).await?;
+            run::serve(args.into_config()?, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Provisioner(args) => {
-            provisioner::run_standalone(args.into_config()?, shutdown_signal()).await?;
+            run::provisioner(args.into_config()?, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mutate(args) => commands::mutate::run(args),
         Command::Scan(args) => commands::scan::run(args).await,
         Command::Certs(args) => commands::certs::run(args),
     }
-}
-
-/// Runs the webhook (`kube-persist serve`) until `shutdown` resolves, then drains in-flight
-/// requests and returns.
-pub async fn run(
-    config: cli::ServeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    server::run(config, shutdown).await
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

@@ -1,8 +1,9 @@
 //! The plain-HTTP admin port shared by `serve` and `provisioner`: `/livez`, `/readyz`,
-//! `/readyz/<component>` and `/metrics`.
+//! `/readyz/<component>` and `/metrics`. It reports what its owner hands it; it decides nothing.
 
-use std::sync::Arc;
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
+use anyhow::Context as _;
 use axum::{
     Router,
     extract::{Path, State},
@@ -11,6 +12,7 @@ use axum::{
     routing::get,
 };
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 
 /// A readiness check: `None` when ready, else why not.
 pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -24,6 +26,38 @@ pub struct AdminState {
     pub ready: ReadyCheck,
     /// Further components, each at `/readyz/<name>` (not part of `/readyz`).
     pub components: Vec<(&'static str, ReadyCheck)>,
+}
+
+impl AdminState {
+    /// `/readyz` answered by `ready`, no further components.
+    pub fn new(
+        registry: Arc<Registry>,
+        ready: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        AdminState {
+            registry,
+            ready: Arc::new(ready),
+            components: Vec::new(),
+        }
+    }
+}
+
+/// Binds the admin port; `flag` names the setting in the error.
+pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {flag} {addr}"))
+}
+
+/// Serves the admin routes on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 /// The admin router.

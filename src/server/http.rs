@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body, Incoming};
 
 use crate::{
     admission::{self, ReviewError, Target},
@@ -58,8 +58,13 @@ pub fn service(
     hyper::service::service_fn(service)
 }
 
-/// Answers one request of the webhook port.
-pub async fn handle(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
+/// Answers one request of the webhook port, whatever carries its body (hyper's `Incoming` when
+/// served, any body in tests).
+pub async fn handle<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     if request.method() == Method::HEAD {
         // The headers of the GET answer, no body (HTTP/2 treats a body here as an error).
         let mut response = route(state, request).await;
@@ -73,7 +78,11 @@ pub async fn handle(state: &WebhookState, request: Request<Incoming>) -> Webhook
     route(state, request).await
 }
 
-async fn route(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
+async fn route<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     if request.uri().path() != "/mutate" {
         return plain(
             StatusCode::NOT_FOUND,
@@ -109,7 +118,11 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Web
     response
 }
 
-async fn mutate(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
+async fn mutate<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -166,9 +179,9 @@ async fn mutate(state: &WebhookState, request: Request<Incoming>) -> WebhookResp
     answer(state, &body)
 }
 
-enum BodyError {
+enum BodyError<E> {
     TooLarge,
-    Read(hyper::Error),
+    Read(E),
 }
 
 /// How much of an oversized body is read and thrown away so the client sees the 413 (closing a
@@ -178,7 +191,11 @@ const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// Reads the whole body, up to `max` bytes. A single-frame body is returned without copying.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+async fn read_body<B: Body<Data = Bytes>>(
+    body: B,
+    max: usize,
+) -> Result<Bytes, BodyError<B::Error>> {
+    let mut body = std::pin::pin!(body);
     let declared = body.size_hint().exact().map(|n| n as usize);
     // The frames are kept until the end and then copied once into a buffer of the exact size:
     // growing one buffer while freeing the frames one by one made glibc's allocator shrink and

@@ -1,4 +1,5 @@
-//! Certificate rotation under load and a graceful SIGTERM, against the real binary.
+//! Certificate rotation under load and a graceful SIGTERM, against the real binary; and the
+//! provisioner beside the webhook (`serve --provisioner`) or alone, with its own readiness.
 //!
 //! Certificates live behind a `current` symlink that is swapped atomically, as the kubelet
 //! updates a mounted Secret (`..data`).
@@ -213,4 +214,136 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
     // Every answered review is in the audit log, flushed before exit.
     let audited = webhook.audit().len();
     assert_eq!(audited, total + 1 + 1 + 1, "audit lines");
+}
+
+/// A kubeconfig for an API server that is not there: the provisioner starts, its watches retry.
+fn unreachable_kubeconfig(dir: &Path) -> String {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+         clusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: u, user: {token: t}}]\n\
+         contexts: [{name: x, context: {cluster: c, user: u, namespace: default}}]\n",
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+const PROVISIONER_FLAGS: [&str; 8] = [
+    "--nfs-server",
+    "nfs.example.internal",
+    "--nfs-path",
+    "/export",
+    "--nfs-root",
+    "not-mounted",
+    "--enable-leader-election",
+    "false",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reports_the_provisioner_apart_and_stops_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(tmp.path());
+    let mut flags = vec!["--provisioner"];
+    flags.extend(PROVISIONER_FLAGS);
+    let mut webhook =
+        Webhook::start_with_env(tmp.path(), &flags, &[("KUBECONFIG", kubeconfig.as_str())]);
+    // The NFS root is not there: the provisioner is not ready, the webhook still is.
+    let (status, body) = webhook.admin_get("/readyz/provisioner").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    assert_eq!(
+        webhook.admin_get("/readyz").await,
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(webhook.admin_get("/readyz/other").await.0, 404);
+    let mut client = webhook.client(Proto::H1).await;
+    let body = bytes::Bytes::from(fixture("reviews/a-prometheus.json"));
+    assert_eq!(
+        client.review(body).await.unwrap()["response"]["allowed"],
+        true
+    );
+    // One registry: the webhook's and the provisioner's metrics side by side.
+    let (_, metrics) = webhook.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("kube_persist_admission_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kube_persist_provisioner_leader 1"),
+        "{metrics}"
+    );
+    assert_eq!(webhook.terminate().code(), Some(0), "{}", webhook.stderr());
+    assert!(
+        webhook.stderr().contains("Provisioner stopped"),
+        "{}",
+        webhook.stderr()
+    );
+    assert_eq!(webhook.audit().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provisioner_alone_serves_its_readiness_at_readyz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(tmp.path());
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut args = common::args(&["--log-format", "json", "provisioner"]);
+    args.extend(common::args(&PROVISIONER_FLAGS));
+    args.push(format!("--provisioner-admin-listen={admin}"));
+    let (mut child, lines, rx) =
+        common::spawn_with_env(&args, tmp.path(), &[("KUBECONFIG", kubeconfig.as_str())]);
+    let log = || lines.lock().unwrap().join("\n");
+    assert!(
+        common::wait_for_line(&rx, Duration::from_secs(20), |v| {
+            v["message"] == "Admin port listening (/livez, /readyz, /metrics)"
+        })
+        .is_some(),
+        "{}",
+        log()
+    );
+    let get = |path: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert!(get("/livez").await.starts_with("HTTP/1.1 200"));
+    let readyz = get("/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("not ready: "), "{readyz}");
+    assert!(get("/readyz/provisioner").await.starts_with("HTTP/1.1 404"));
+    let metrics = get("/metrics").await;
+    assert!(
+        metrics.contains("kube_persist_provisioner_leader 1"),
+        "{metrics}"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", log());
+    assert!(log().contains("Provisioner stopped"), "{}", log());
 }

@@ -158,28 +158,34 @@ async fn a_review_is_answered_with_its_uid() {
 async fn bodies_that_are_not_reviews_get_400() {
     let mut webhook = Webhook::new();
     let malformed = Bytes::from(common::fixture("reviews/x-malformed.json"));
-    let cases: [(&str, Bytes, &str, &str); 4] = [
-        ("malformed", malformed, "malformed JSON: ", "malformed_json"),
+    let cases: [(&str, Bytes, &str, &str); 5] = [
+        ("malformed", malformed, "malformed JSON: ", ""),
         (
             "not a review",
             Bytes::from_static(br#"{"kind":"ConfigMap"}"#),
             "not an AdmissionReview: ",
-            "not_a_review",
+            "",
+        ),
+        (
+            "no request",
+            Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
+            "not an AdmissionReview: ",
+            "no request",
         ),
         (
             "array",
             Bytes::from_static(b"[]"),
             "not an AdmissionReview: ",
-            "not_a_review",
+            "",
         ),
         (
             "empty",
             Bytes::new(),
             "empty body: expected an AdmissionReview\n",
-            "empty_body",
+            "",
         ),
     ];
-    for (name, body, reason, _) in &cases {
+    for (name, body, reason, detail) in &cases {
         let (status, response) = webhook.call(json_post(Full::new(body.clone()))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{name}");
         assert_eq!(
@@ -187,14 +193,17 @@ async fn bodies_that_are_not_reviews_get_400() {
             "text/plain; charset=utf-8"
         );
         let text = text(response).await;
-        assert!(text.starts_with(reason), "{name}: {text:?}");
+        assert!(
+            text.starts_with(reason) && text.contains(detail),
+            "{name}: {text:?}"
+        );
         assert!(
             text.ends_with('\n') && text.lines().count() == 1,
             "{name}: {text:?}"
         );
     }
     assert_eq!(webhook.errors("malformed_json"), "1");
-    assert_eq!(webhook.errors("not_a_review"), "2");
+    assert_eq!(webhook.errors("not_a_review"), "3");
     assert_eq!(webhook.errors("empty_body"), "1");
     assert!(webhook.audit().is_empty(), "no audit line for a non-review");
 }

@@ -1,9 +1,8 @@
 //! The plain-HTTP admin port shared by `serve` and `provisioner`: `/livez`, `/readyz`,
 //! `/readyz/<component>` and `/metrics`. It reports what its owner hands it; it decides nothing.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 
-use anyhow::Context as _;
 use axum::{
     Router,
     extract::{Path, State},
@@ -40,13 +39,6 @@ impl AdminState {
             components: Vec::new(),
         }
     }
-}
-
-/// Binds the admin port; `flag` names the setting in the error.
-pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {flag} {addr}"))
 }
 
 /// Serves the admin routes on `listener` until `stop` resolves.

@@ -56,8 +56,7 @@ impl Webhook {
 
     async fn call<B>(&self, request: Request<B>) -> (StatusCode, WebhookResponse)
     where
-        B: Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B: Body<Data = Bytes, Error: std::fmt::Display>,
     {
         let response = handle(&self.state, request).await;
         (response.status(), response)

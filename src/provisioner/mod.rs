@@ -3,7 +3,7 @@
 //! [`plan`] decides (pure), [`volume`] touches the filesystem under the NFS mount, [`reconcile`]
 //! talks to the API server, [`leader`] holds the Lease, [`metrics`] counts. [`Provisioner`]
 //! wires them into kube-runtime controllers; the client and the admin port come from
-//! [`crate::run`].
+//! [`crate::run_provisioner`] (or [`crate::run`] beside the webhook).
 
 pub mod leader;
 pub mod metrics;

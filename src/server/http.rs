@@ -3,6 +3,7 @@
 
 use std::{
     convert::Infallible,
+    fmt::Display,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -62,34 +63,22 @@ pub fn service(
 /// served, any body in tests).
 pub async fn handle<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
 where
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes, Error: Display>,
 {
-    if request.method() == Method::HEAD {
-        // The headers of the GET answer, no body (HTTP/2 treats a body here as an error).
-        let mut response = route(state, request).await;
-        let length = response.body().size_hint().exact().unwrap_or(0);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-        *response.body_mut() = Full::new(Bytes::new());
-        return response;
+    match refusal(&request) {
+        Some(refused) => refused,
+        None => mutate(state, request).await,
     }
-    route(state, request).await
 }
 
-async fn route<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
-where
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
-{
-    if request.uri().path() != "/mutate" {
-        return plain(
+/// 404 off `/mutate`, 405 there for any method but POST; `None` for `POST /mutate`.
+fn refusal<B>(request: &Request<B>) -> Option<WebhookResponse> {
+    let mut response = if request.uri().path() != "/mutate" {
+        plain(
             StatusCode::NOT_FOUND,
             "not found: the webhook path is POST /mutate",
-        );
-    }
-    if request.method() != Method::POST {
+        )
+    } else if request.method() != Method::POST {
         let mut response = plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "only POST is allowed on /mutate",
@@ -97,9 +86,19 @@ where
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
+        response
+    } else {
+        return None;
+    };
+    if request.method() == Method::HEAD {
+        // The headers of the GET answer, no body (HTTP/2 treats a body here as an error).
+        let length = response.body().size_hint().exact().unwrap_or(0);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        *response.body_mut() = Full::new(Bytes::new());
     }
-    mutate(state, request).await
+    Some(response)
 }
 
 fn plain(status: StatusCode, message: &str) -> WebhookResponse {
@@ -120,8 +119,7 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Web
 
 async fn mutate<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
 where
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes, Error: Display>,
 {
     let json = request
         .headers()

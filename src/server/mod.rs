@@ -43,7 +43,7 @@ pub struct Server {
     state: Arc<http::WebhookState>,
     audit: AuditLog,
     acceptor: TlsAcceptor,
-    reloads: Reloads,
+    reloads: JoinSet<()>,
     limits: ConnLimits,
     drain_timeout: Duration,
     shutdown_delay: Duration,
@@ -52,19 +52,10 @@ pub struct Server {
     stop: watch::Sender<bool>,
 }
 
-/// What the reload tasks watch.
-struct Reloads {
-    policy: Option<(PathBuf, Vec<u8>)>,
-    cert: Option<(reload::CertFiles, tls::PemPair)>,
-    resolver: Arc<tls::CertResolver>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    interval: Duration,
-}
-
 impl Server {
     /// Loads the policy and certificate (refusing to start on bad ones), binds `--listen`, opens
-    /// the audit log and registers the webhook's metrics into `registry`. `--admin-listen` and
-    /// `--provisioner` are left to the caller.
+    /// the audit log, registers the webhook's metrics into `registry` and starts polling the
+    /// policy and certificate files. `--admin-listen` and `--provisioner` are left to the caller.
     pub async fn bind(config: ServeConfig, registry: &mut Registry) -> anyhow::Result<Server> {
         let ServeConfig {
             listen,
@@ -123,18 +114,35 @@ impl Server {
             max_body,
             body_timeout,
         });
+        let stop = watch::channel(false).0;
+        let mut reloads = JoinSet::new();
+        if let Some((path, text)) = policy_file {
+            reloads.spawn(reload::watch_policy(
+                path,
+                text,
+                state.policy.clone(),
+                state.metrics.clone(),
+                reload_interval,
+                stop.subscribe(),
+            ));
+        }
+        if let Some((files, pair)) = cert_files {
+            reloads.spawn(reload::watch_certificate(
+                files,
+                pair,
+                resolver,
+                provider,
+                state.metrics.clone(),
+                reload_interval,
+                stop.subscribe(),
+            ));
+        }
         Ok(Server {
             listener,
             state,
             audit,
             acceptor: TlsAcceptor::from(tls),
-            reloads: Reloads {
-                policy: policy_file,
-                cert: cert_files,
-                resolver,
-                provider,
-                interval: reload_interval,
-            },
+            reloads,
             limits: ConnLimits {
                 header_timeout,
                 idle_timeout,
@@ -143,7 +151,7 @@ impl Server {
             shutdown_delay,
             max_connections,
             ready: Arc::new(AtomicBool::new(true)),
-            stop: watch::channel(false).0,
+            stop,
         })
     }
 
@@ -180,7 +188,7 @@ impl Server {
             state,
             audit,
             acceptor,
-            reloads,
+            mut reloads,
             limits,
             drain_timeout,
             shutdown_delay,
@@ -188,8 +196,6 @@ impl Server {
             ready,
             stop,
         } = self;
-        let metrics = state.metrics.clone();
-        let mut background = reloads.spawn(&state, &stop);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -204,17 +210,16 @@ impl Server {
             .max_concurrent_streams(250);
 
         let mut connections = JoinSet::new();
-        let mut failure = None;
         // After SIGTERM: keep serving (with /readyz failing) until this instant, so requests
         // routed to us before the endpoints update are still answered.
         let mut closing_at: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown, failed);
-        loop {
+        let failure = loop {
             tokio::select! {
                 () = &mut shutdown, if closing_at.is_none() => {
                     ready.store(false, Ordering::SeqCst);
                     if shutdown_delay.is_zero() {
-                        break;
+                        break None;
                     }
                     tracing::info!(delay = ?shutdown_delay, "Failing readiness; still serving until the delay passes");
                     closing_at = Some(tokio::time::Instant::now() + shutdown_delay);
@@ -222,11 +227,8 @@ impl Server {
                 () = async { match closing_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
-                } } => break,
-                e = &mut failed => {
-                    failure = Some(e);
-                    break;
-                }
+                } } => break None,
+                e = &mut failed => break Some(e),
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept(), if connections.len() < max_connections => {
                     let (stream, peer) = match accepted {
@@ -245,12 +247,11 @@ impl Server {
                         builder.clone(),
                         state.clone(),
                         limits,
-                        metrics.clone(),
                         stop.subscribe(),
                     ));
                 }
             }
-        }
+        };
 
         // Shutdown: stop accepting, let open connections finish their requests.
         tracing::info!(open = connections.len(), "Draining connections");
@@ -278,7 +279,7 @@ impl Server {
             tracing::error!("Audit log writer did not stop cleanly");
         }
         let _ = tokio::time::timeout(JOIN_LIMIT, async {
-            while background.join_next().await.is_some() {}
+            while reloads.join_next().await.is_some() {}
         })
         .await;
         failure.map_or(Ok(()), Err)
@@ -288,49 +289,12 @@ impl Server {
 /// How long each part may take to stop once told to.
 pub const JOIN_LIMIT: Duration = Duration::from_secs(5);
 
-impl Reloads {
-    /// Starts polling the policy and certificate files (when they are files) until `stop`.
-    fn spawn(self, state: &http::WebhookState, stop: &watch::Sender<bool>) -> JoinSet<()> {
-        let Reloads {
-            policy,
-            cert,
-            resolver,
-            provider,
-            interval,
-        } = self;
-        let mut background = JoinSet::new();
-        if let Some((path, text)) = policy {
-            background.spawn(reload::watch_policy(
-                path,
-                text,
-                state.policy.clone(),
-                state.metrics.clone(),
-                interval,
-                stop.subscribe(),
-            ));
-        }
-        if let Some((files, pair)) = cert {
-            background.spawn(reload::watch_certificate(
-                files,
-                pair,
-                resolver,
-                provider,
-                state.metrics.clone(),
-                interval,
-                stop.subscribe(),
-            ));
-        }
-        background
-    }
-}
-
 #[derive(Clone, Copy)]
 struct ConnLimits {
     header_timeout: Duration,
     idle_timeout: Duration,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -338,7 +302,6 @@ async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     state: Arc<http::WebhookState>,
     limits: ConnLimits,
-    metrics: WebhookMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     // Without TCP_NODELAY, Nagle's algorithm holds small HTTP/2 frames for ~40 ms.
@@ -356,6 +319,7 @@ async fn serve_connection(
             return;
         }
     };
+    let metrics = state.metrics.clone();
     metrics.connections.inc();
     let (io, activity) = io::Tracked::new(tls);
     let conn = builder.serve_connection(TokioIo::new(io), http::service(state));

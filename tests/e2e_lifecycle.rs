@@ -347,3 +347,51 @@ async fn the_provisioner_alone_serves_its_readiness_at_readyz() {
     assert_eq!(status.code(), Some(0), "{}", log());
     assert!(log().contains("Provisioner stopped"), "{}", log());
 }
+
+/// In process: a part beside the webhook that fails (the provisioner, in `serve --provisioner`)
+/// stops the webhook at once, skipping `--shutdown-delay`, and `serve` returns its error.
+#[tokio::test]
+async fn a_failed_part_stops_the_webhook_at_once() {
+    common::install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = kube_persist::cli::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: kube_persist::cli::TlsSource::Dev {
+            ca_dir: tmp.path().to_path_buf(),
+        },
+        policy: None,
+        max_body: 1 << 20,
+        audit_log: Some(tmp.path().join("audit.log")),
+        reload_interval: Duration::from_secs(1),
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(1),
+        shutdown_delay: Duration::from_secs(3600),
+        max_connections: 4,
+        provisioner: None,
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let server = kube_persist::server::Server::bind(config, &mut registry)
+        .await
+        .unwrap();
+    let ready = server.readiness();
+    let stopping = server.stopping();
+    assert_eq!(ready(), None);
+    let failed = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        anyhow::anyhow!("the provisioner failed")
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.run(std::future::pending(), failed),
+    )
+    .await
+    .expect("stopped without waiting for the shutdown delay");
+    assert_eq!(result.unwrap_err().to_string(), "the provisioner failed");
+    assert_eq!(ready().as_deref(), Some("shutting down"));
+    tokio::time::timeout(Duration::from_secs(1), stopping)
+        .await
+        .expect("the parts beside the webhook are told to stop");
+}

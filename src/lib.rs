@@ -4,8 +4,13 @@
 //! [`admission`] engine), the NFS provisioner controller ([`provisioner`]) and the offline
 //! policy commands ([`commands`]). Decisions are plain functions over plain data; I/O is a thin
 //! shell around them.
+//!
+//! The commands that serve are composed here, in one place: [`run`] and [`run_provisioner`]
+//! build the one metrics registry, the Kubernetes client (only where the provisioner runs), the
+//! webhook, the provisioner and the [`admin`] port, and hand each its parts.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod certs;
@@ -19,9 +24,17 @@ pub mod rbac;
 pub mod server;
 pub mod telemetry;
 
-use std::process::ExitCode;
+use std::{future::Future, process::ExitCode, sync::Arc};
 
-use cli::{Cli, Command};
+use anyhow::Context as _;
+use futures::FutureExt as _;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use admin::AdminState;
+use cli::{Cli, Command, ServeConfig};
+use provisioner::Provisioner;
+use server::{JOIN_LIMIT, Server};
 
 /// Runs the command line `cli` to completion and returns the process exit code.
 pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -36,7 +49,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Provisioner(args) => {
-            provisioner::run_standalone(args.into_config()?, shutdown_signal()).await?;
+            run_provisioner(args.into_config()?, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mutate(args) => commands::mutate::run(args),
@@ -45,13 +58,105 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs the webhook (`kube-persist serve`) until `shutdown` resolves, then drains in-flight
-/// requests and returns.
+const CLIENT_SOURCES: &str =
+    "cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)";
+
+/// `kube-persist serve`: the webhook and its admin port, with the provisioner beside it when
+/// `--provisioner` is set, until `shutdown` resolves. Shutdown order: stop accepting, drain,
+/// flush the audit log, stop the reloads, the provisioner and the admin port. A provisioner
+/// that ends on its own ends `serve` with an error.
 pub async fn run(
-    config: cli::ServeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    mut config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    server::run(config, shutdown).await
+    let provisioner_config = config.provisioner.take();
+    let admin_listen = config.admin_listen;
+    let mut registry = Registry::default();
+    let server = Server::bind(config, &mut registry).await?;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on --admin-listen {admin_listen}"))?;
+    let provisioner = match provisioner_config {
+        Some(config) => {
+            let client = kube::Client::try_default()
+                .await
+                .with_context(|| format!("--provisioner: {CLIENT_SOURCES}"))?;
+            Some(Provisioner::new(config, client, &mut registry))
+        }
+        None => None,
+    };
+    let mut admin_state = AdminState::new(Arc::new(registry), server.readiness());
+    if let Some(p) = &provisioner {
+        // The provisioner's health is reported apart: a stale NFS mount must not take the
+        // webhook out of its Service.
+        let readiness = p.readiness();
+        admin_state
+            .components
+            .push(("provisioner", Arc::new(move || readiness.reason())));
+    }
+    let mut provisioner = provisioner.map(|p| tokio::spawn(p.run(server.stopping())));
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, server.stopping()));
+    tracing::info!(webhook = %server.local_addr()?, admin = %admin_addr, "Listening");
+
+    // Whatever ends the provisioner while the webhook runs is an error.
+    let failed = async {
+        let Some(task) = provisioner.as_mut() else {
+            return std::future::pending().await;
+        };
+        let ended = task.await;
+        provisioner = None;
+        match ended {
+            Ok(Ok(())) => anyhow::anyhow!("the provisioner stopped unexpectedly"),
+            Ok(Err(e)) => e.context("the provisioner failed"),
+            Err(e) => anyhow::anyhow!("the provisioner task failed: {e}"),
+        }
+    };
+    let result = server.run(shutdown, failed).await;
+    if let Some(task) = provisioner {
+        match tokio::time::timeout(JOIN_LIMIT, task).await {
+            Ok(Ok(Err(e))) => tracing::error!(
+                error = format!("{e:#}"),
+                "Provisioner stopped with an error"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "Provisioner task failed"),
+            Err(_) => tracing::warn!("Provisioner did not stop in time"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+    match tokio::time::timeout(JOIN_LIMIT, admin_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "Admin server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "Admin server task failed"),
+        Err(_) => tracing::warn!("Admin server did not stop in time"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    tracing::info!("Stopped");
+    result
+}
+
+/// `kube-persist provisioner`: the provisioner with its own admin port
+/// (`--provisioner-admin-listen`, where `/readyz` is the provisioner's readiness) until
+/// `shutdown` resolves.
+pub async fn run_provisioner(
+    config: provisioner::Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let admin_listen = config.admin_listen;
+    let client = kube::Client::try_default().await.context(CLIENT_SOURCES)?;
+    let mut registry = Registry::default();
+    let provisioner = Provisioner::new(config, client, &mut registry);
+    let readiness = provisioner.readiness();
+    let listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on --provisioner-admin-listen {admin_listen}"))?;
+    tracing::info!(addr = %admin_listen, "Admin port listening (/livez, /readyz, /metrics)");
+
+    let shutdown = shutdown.shared();
+    let state = AdminState::new(Arc::new(registry), move || readiness.reason());
+    let admin = admin::serve(listener, state, shutdown.clone());
+    let admin = async move { admin.await.context("admin port failed") };
+    let (admin, run) = tokio::join!(admin, provisioner.run(shutdown));
+    run.and(admin)
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

@@ -113,6 +113,8 @@ fn one_line(body: &[u8]) -> &str {
     text.trim_end()
 }
 
+/// The statuses and messages of every bad request are pinned in process (tests/webhook_http.rs);
+/// these go over real TLS, where an oversized body must still get its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_status_and_a_one_line_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,69 +141,6 @@ async fn bad_input_gets_a_status_and_a_one_line_reason() {
                 fixture("reviews/x-malformed.json"),
                 StatusCode::BAD_REQUEST,
                 "malformed JSON",
-            ),
-            (
-                "not a review",
-                Method::POST,
-                "/mutate",
-                json,
-                b"{\"kind\":\"ConfigMap\"}".to_vec(),
-                StatusCode::BAD_REQUEST,
-                "not an AdmissionReview",
-            ),
-            (
-                "no request",
-                Method::POST,
-                "/mutate",
-                json,
-                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
-                StatusCode::BAD_REQUEST,
-                "no request",
-            ),
-            (
-                "array",
-                Method::POST,
-                "/mutate",
-                json,
-                b"[]".to_vec(),
-                StatusCode::BAD_REQUEST,
-                "not an AdmissionReview",
-            ),
-            (
-                "empty",
-                Method::POST,
-                "/mutate",
-                json,
-                Vec::new(),
-                StatusCode::BAD_REQUEST,
-                "empty body",
-            ),
-            (
-                "text/plain",
-                Method::POST,
-                "/mutate",
-                Some("text/plain"),
-                body.clone(),
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "application/json",
-            ),
-            (
-                "no content type",
-                Method::POST,
-                "/mutate",
-                None,
-                body.clone(),
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "application/json",
-            ),
-            (
-                "unknown path",
-                Method::POST,
-                "/validate",
-                json,
-                body.clone(),
-                StatusCode::NOT_FOUND,
-                "not found",
             ),
             (
                 "GET",

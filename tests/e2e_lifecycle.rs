@@ -1,4 +1,5 @@
-//! Certificate rotation under load and a graceful SIGTERM, against the real binary.
+//! Certificate rotation under load and a graceful SIGTERM, against the real binary; and the
+//! provisioner beside the webhook (`serve --provisioner`) or alone, with its own readiness.
 //!
 //! Certificates live behind a `current` symlink that is swapped atomically, as the kubelet
 //! updates a mounted Secret (`..data`).
@@ -213,4 +214,184 @@ async fn rotation_under_load_loses_nothing_and_sigterm_drains() {
     // Every answered review is in the audit log, flushed before exit.
     let audited = webhook.audit().len();
     assert_eq!(audited, total + 1 + 1 + 1, "audit lines");
+}
+
+/// A kubeconfig for an API server that is not there: the provisioner starts, its watches retry.
+fn unreachable_kubeconfig(dir: &Path) -> String {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+         clusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: u, user: {token: t}}]\n\
+         contexts: [{name: x, context: {cluster: c, user: u, namespace: default}}]\n",
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+const PROVISIONER_FLAGS: [&str; 8] = [
+    "--nfs-server",
+    "nfs.example.internal",
+    "--nfs-path",
+    "/export",
+    "--nfs-root",
+    "not-mounted",
+    "--enable-leader-election",
+    "false",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reports_the_provisioner_apart_and_stops_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(tmp.path());
+    let mut flags = vec!["--provisioner"];
+    flags.extend(PROVISIONER_FLAGS);
+    let mut webhook =
+        Webhook::start_with_env(tmp.path(), &flags, &[("KUBECONFIG", kubeconfig.as_str())]);
+    // The NFS root is not there: the provisioner is not ready, the webhook still is.
+    let (status, body) = webhook.admin_get("/readyz/provisioner").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    assert_eq!(
+        webhook.admin_get("/readyz").await,
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(webhook.admin_get("/readyz/other").await.0, 404);
+    let mut client = webhook.client(Proto::H1).await;
+    let body = bytes::Bytes::from(fixture("reviews/a-prometheus.json"));
+    assert_eq!(
+        client.review(body).await.unwrap()["response"]["allowed"],
+        true
+    );
+    // One registry: the webhook's and the provisioner's metrics side by side.
+    let (_, metrics) = webhook.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("kube_persist_admission_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kube_persist_provisioner_leader 1"),
+        "{metrics}"
+    );
+    assert_eq!(webhook.terminate().code(), Some(0), "{}", webhook.stderr());
+    assert!(
+        webhook.stderr().contains("Provisioner stopped"),
+        "{}",
+        webhook.stderr()
+    );
+    assert_eq!(webhook.audit().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provisioner_alone_serves_its_readiness_at_readyz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(tmp.path());
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut args = common::args(&["--log-format", "json", "provisioner"]);
+    args.extend(common::args(&PROVISIONER_FLAGS));
+    args.push(format!("--provisioner-admin-listen={admin}"));
+    let (mut child, lines, rx) =
+        common::spawn_with_env(&args, tmp.path(), &[("KUBECONFIG", kubeconfig.as_str())]);
+    let log = || lines.lock().unwrap().join("\n");
+    assert!(
+        common::wait_for_line(&rx, Duration::from_secs(20), |v| {
+            v["message"] == "Admin port listening (/livez, /readyz, /metrics)"
+        })
+        .is_some(),
+        "{}",
+        log()
+    );
+    let get = |path: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert!(get("/livez").await.starts_with("HTTP/1.1 200"));
+    let readyz = get("/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("not ready: "), "{readyz}");
+    assert!(get("/readyz/provisioner").await.starts_with("HTTP/1.1 404"));
+    let metrics = get("/metrics").await;
+    assert!(
+        metrics.contains("kube_persist_provisioner_leader 1"),
+        "{metrics}"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", log());
+    assert!(log().contains("Provisioner stopped"), "{}", log());
+}
+
+/// In process: a part beside the webhook that fails (the provisioner, in `serve --provisioner`)
+/// stops the webhook at once, skipping `--shutdown-delay`, and `serve` returns its error.
+#[tokio::test]
+async fn a_failed_part_stops_the_webhook_at_once() {
+    common::install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = kube_persist::cli::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: kube_persist::cli::TlsSource::Dev {
+            ca_dir: tmp.path().to_path_buf(),
+        },
+        policy: None,
+        max_body: 1 << 20,
+        audit_log: Some(tmp.path().join("audit.log")),
+        reload_interval: Duration::from_secs(1),
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(1),
+        shutdown_delay: Duration::from_secs(3600),
+        max_connections: 4,
+        provisioner: None,
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let server = kube_persist::server::Server::bind(config, &mut registry)
+        .await
+        .unwrap();
+    let ready = server.readiness();
+    let stopping = server.stopping();
+    assert_eq!(ready(), None);
+    let failed = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        anyhow::anyhow!("the provisioner failed")
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.run(std::future::pending(), failed),
+    )
+    .await
+    .expect("stopped without waiting for the shutdown delay");
+    assert_eq!(result.unwrap_err().to_string(), "the provisioner failed");
+    assert_eq!(ready().as_deref(), Some("shutting down"));
+    tokio::time::timeout(Duration::from_secs(1), stopping)
+        .await
+        .expect("the parts beside the webhook are told to stop");
 }

@@ -13,7 +13,8 @@ use std::{
 use http::{Method, Request, Response, StatusCode};
 use kube::{Client, client::Body};
 use kube_persist::{
-    provisioner::{Config, Provisioner, Tuning, admin_router, leader::LeaderTiming},
+    admin::{self, AdminState},
+    provisioner::{Config, Provisioner, Readiness, Tuning, leader::LeaderTiming},
     rbac,
 };
 use prometheus_client::registry::Registry;
@@ -176,6 +177,11 @@ fn tuning() -> Tuning {
         },
         ..Tuning::default()
     }
+}
+
+/// The admin routes as `kube-persist provisioner` serves them.
+fn admin_router(readiness: Readiness, registry: Arc<Registry>) -> axum::Router {
+    admin::router(AdminState::new(registry, move || readiness.reason()))
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {

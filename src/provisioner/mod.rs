@@ -2,8 +2,8 @@
 //!
 //! [`plan`] decides (pure), [`volume`] touches the filesystem under the NFS mount, [`reconcile`]
 //! talks to the API server, [`leader`] holds the Lease, [`metrics`] counts. [`Provisioner`]
-//! wires them into kube-runtime controllers; [`run_standalone`] adds the client and an admin
-//! port for `kube-persist provisioner`.
+//! wires them into kube-runtime controllers; the client and the admin port come from
+//! [`crate::run_provisioner`] (or [`crate::run`] beside the webhook).
 
 pub mod leader;
 pub mod metrics;
@@ -15,7 +15,7 @@ mod runtime;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-pub use runtime::{Provisioner, Readiness, Tuning, admin_router, run_standalone};
+pub use runtime::{Provisioner, Readiness, Tuning};
 
 /// Provisioner flags as given, before validation.
 #[derive(Debug, Clone)]

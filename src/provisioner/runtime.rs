@@ -1,9 +1,8 @@
 //! Wiring: kube-runtime controllers for claims and volumes, a StorageClass reflector, the Lease,
-//! the mount probe and the usage walker; and the standalone process with its admin port.
+//! the mount probe and the usage walker.
 
 use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{PersistentVolume, PersistentVolumeClaim},
@@ -348,45 +347,4 @@ async fn usage_loop(ctx: Arc<Context>, tuning: Tuning) {
         tracing::debug!(volumes = measured.len(), "Measured volume usage");
         tokio::time::sleep(tuning.walk_interval).await;
     }
-}
-
-/// `kube-persist provisioner`: builds the client (`KUBECONFIG` or in-cluster), serves the admin
-/// port (`config.admin_listen`: `/livez`, `/readyz`, `/metrics`, plain HTTP) and runs the
-/// provisioner until `shutdown` resolves.
-pub async fn run_standalone(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let admin_listen = config.admin_listen;
-    let client = Client::try_default().await.context(
-        "cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)",
-    )?;
-    let mut registry = Registry::default();
-    let provisioner = Provisioner::new(config, client, &mut registry);
-    let readiness = provisioner.readiness();
-    let listener = tokio::net::TcpListener::bind(admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on --provisioner-admin-listen {admin_listen}"))?;
-    tracing::info!(addr = %admin_listen, "Admin port listening (/livez, /readyz, /metrics)");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let admin = axum::serve(listener, admin_router(readiness, Arc::new(registry)))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin = async move { admin.await.context("admin port failed") };
-    let (admin, run) = tokio::join!(admin, provisioner.run(stopped(stop_rx)));
-    run.and(admin)
-}
-
-/// The admin routes: `/livez` (always 200), `/readyz` (200 when [`Readiness::is_ready`], else
-/// 503 with the reason), `/metrics` (OpenMetrics text of `registry`).
-pub fn admin_router(readiness: Readiness, registry: Arc<Registry>) -> axum::Router {
-    crate::server::admin::router(crate::server::admin::AdminState {
-        registry,
-        ready: Arc::new(move || readiness.reason()),
-        components: Vec::new(),
-    })
 }

@@ -3,6 +3,7 @@
 
 use std::{
     convert::Infallible,
+    fmt::Display,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body, Incoming};
 
 use crate::{
     admission::{self, ReviewError, Target},
@@ -58,29 +59,26 @@ pub fn service(
     hyper::service::service_fn(service)
 }
 
-/// Answers one request of the webhook port.
-pub async fn handle(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
-    if request.method() == Method::HEAD {
-        // The headers of the GET answer, no body (HTTP/2 treats a body here as an error).
-        let mut response = route(state, request).await;
-        let length = response.body().size_hint().exact().unwrap_or(0);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-        *response.body_mut() = Full::new(Bytes::new());
-        return response;
+/// Answers one request of the webhook port, whatever carries its body (hyper's `Incoming` when
+/// served, any body in tests).
+pub async fn handle<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
+where
+    B: Body<Data = Bytes, Error: Display>,
+{
+    match refusal(&request) {
+        Some(refused) => refused,
+        None => mutate(state, request).await,
     }
-    route(state, request).await
 }
 
-async fn route(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
-    if request.uri().path() != "/mutate" {
-        return plain(
+/// 404 off `/mutate`, 405 there for any method but POST; `None` for `POST /mutate`.
+fn refusal<B>(request: &Request<B>) -> Option<WebhookResponse> {
+    let mut response = if request.uri().path() != "/mutate" {
+        plain(
             StatusCode::NOT_FOUND,
             "not found: the webhook path is POST /mutate",
-        );
-    }
-    if request.method() != Method::POST {
+        )
+    } else if request.method() != Method::POST {
         let mut response = plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "only POST is allowed on /mutate",
@@ -88,9 +86,19 @@ async fn route(state: &WebhookState, request: Request<Incoming>) -> WebhookRespo
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
+        response
+    } else {
+        return None;
+    };
+    if request.method() == Method::HEAD {
+        // The headers of the GET answer, no body (HTTP/2 treats a body here as an error).
+        let length = response.body().size_hint().exact().unwrap_or(0);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        *response.body_mut() = Full::new(Bytes::new());
     }
-    mutate(state, request).await
+    Some(response)
 }
 
 fn plain(status: StatusCode, message: &str) -> WebhookResponse {
@@ -109,7 +117,10 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Web
     response
 }
 
-async fn mutate(state: &WebhookState, request: Request<Incoming>) -> WebhookResponse {
+async fn mutate<B>(state: &WebhookState, request: Request<B>) -> WebhookResponse
+where
+    B: Body<Data = Bytes, Error: Display>,
+{
     let json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -166,9 +177,9 @@ async fn mutate(state: &WebhookState, request: Request<Incoming>) -> WebhookResp
     answer(state, &body)
 }
 
-enum BodyError {
+enum BodyError<E> {
     TooLarge,
-    Read(hyper::Error),
+    Read(E),
 }
 
 /// How much of an oversized body is read and thrown away so the client sees the 413 (closing a
@@ -178,7 +189,11 @@ const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// Reads the whole body, up to `max` bytes. A single-frame body is returned without copying.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+async fn read_body<B: Body<Data = Bytes>>(
+    body: B,
+    max: usize,
+) -> Result<Bytes, BodyError<B::Error>> {
+    let mut body = std::pin::pin!(body);
     let declared = body.size_hint().exact().map(|n| n as usize);
     // The frames are kept until the end and then copied once into a buffer of the exact size:
     // growing one buffer while freeing the frames one by one made glibc's allocator shrink and

@@ -1,8 +1,8 @@
-//! `kube-persist serve`: the HTTPS webhook (own accept loop: TCP -> rustls -> hyper, HTTP/1.1
-//! and HTTP/2 by ALPN), the plain-HTTP admin port, policy and certificate reloads, and a
-//! graceful shutdown that answers every request accepted before SIGTERM.
+//! The HTTPS webhook of `kube-persist serve` (own accept loop: TCP -> rustls -> hyper, HTTP/1.1
+//! and HTTP/2 by ALPN), policy and certificate reloads, and a graceful shutdown that answers
+//! every request accepted before SIGTERM. The admin port and the provisioner are wired beside it
+//! by [`crate::run`].
 
-pub mod admin;
 pub mod http;
 mod io;
 pub mod reload;
@@ -36,95 +36,31 @@ use crate::{
     policy::Policy,
 };
 
-/// A bound, not yet running webhook: lets callers learn the ports before serving.
+/// A bound, not yet running webhook: the policy and certificate are loaded, the port is bound
+/// and the audit log is open.
 pub struct Server {
-    config: ServeConfig,
     listener: TcpListener,
-    admin_listener: TcpListener,
-    policy: Arc<ArcSwap<Policy>>,
-    resolver: Arc<tls::CertResolver>,
-    tls: Arc<rustls::ServerConfig>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    cert_files: Option<(PathBuf, PathBuf, tls::PemPair)>,
-    policy_text: Option<Vec<u8>>,
+    state: Arc<http::WebhookState>,
+    audit: AuditLog,
+    acceptor: TlsAcceptor,
+    reloads: JoinSet<()>,
+    limits: ConnLimits,
+    drain_timeout: Duration,
+    shutdown_delay: Duration,
+    max_connections: usize,
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
 }
 
 impl Server {
-    /// Loads the policy and certificate (refusing to start on bad ones) and binds both ports.
-    pub async fn bind(config: ServeConfig) -> anyhow::Result<Server> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let (policy, policy_text) = match &config.policy {
-            Some(path) => {
-                let text = std::fs::read(path)
-                    .with_context(|| format!("cannot read --policy {}", path.display()))?;
-                let policy = Policy::from_yaml(
-                    &String::from_utf8_lossy(&text),
-                    &path.display().to_string(),
-                )?;
-                (policy, Some(text))
-            }
-            None => (Policy::default(), None),
-        };
-        let (pair, cert_files) = match &config.tls {
-            TlsSource::Files { cert, key } => {
-                let pair = tls::PemPair::read(cert, key)?;
-                (pair.clone(), Some((cert.clone(), key.clone(), pair)))
-            }
-            TlsSource::Dev { ca_dir } => (tls::dev_certificate(ca_dir)?, None),
-        };
-        let (cert_path, key_path) = match &cert_files {
-            Some((c, k, _)) => (c.clone(), k.clone()),
-            None => (PathBuf::from("<generated>"), PathBuf::from("<generated>")),
-        };
-        let key = pair.certified_key(&cert_path, &key_path, &provider)?;
-        let resolver = Arc::new(tls::CertResolver::new(key));
-        let tls = Arc::new(tls::server_config(resolver.clone(), provider.clone())?);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
-        let admin_listener = TcpListener::bind(config.admin_listen)
-            .await
-            .with_context(|| format!("cannot listen on --admin-listen {}", config.admin_listen))?;
-        Ok(Server {
-            config,
-            listener,
-            admin_listener,
-            policy: Arc::new(ArcSwap::from_pointee(policy)),
-            resolver,
-            tls,
-            provider,
-            cert_files,
-            policy_text,
-        })
-    }
-
-    /// The webhook's bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// The admin port's bound address.
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin_listener.local_addr()
-    }
-
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Server {
-            config,
-            listener,
-            admin_listener,
-            policy,
-            resolver,
-            tls,
-            provider,
-            cert_files,
-            policy_text,
-        } = self;
+    /// Loads the policy and certificate (refusing to start on bad ones), binds `--listen`, opens
+    /// the audit log, registers the webhook's metrics into `registry` and starts polling the
+    /// policy and certificate files. `--admin-listen` and `--provisioner` are left to the caller.
+    pub async fn bind(config: ServeConfig, registry: &mut Registry) -> anyhow::Result<Server> {
         let ServeConfig {
-            listen: _,
+            listen,
             admin_listen: _,
-            tls: _,
+            tls: tls_source,
             policy: policy_path,
             max_body,
             audit_log,
@@ -135,10 +71,39 @@ impl Server {
             drain_timeout,
             shutdown_delay,
             max_connections,
-            provisioner,
+            provisioner: _,
         } = config;
-        let mut registry = Registry::default();
-        let metrics = WebhookMetrics::register(&mut registry);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let (policy, policy_file) = match policy_path {
+            Some(path) => {
+                let text = std::fs::read(&path)
+                    .with_context(|| format!("cannot read --policy {}", path.display()))?;
+                let policy = Policy::from_yaml(
+                    &String::from_utf8_lossy(&text),
+                    &path.display().to_string(),
+                )?;
+                (policy, Some((path, text)))
+            }
+            None => (Policy::default(), None),
+        };
+        let (pair, cert_files) = match tls_source {
+            TlsSource::Files { cert, key } => {
+                let pair = tls::PemPair::read(&cert, &key)?;
+                (pair.clone(), Some((reload::CertFiles { cert, key }, pair)))
+            }
+            TlsSource::Dev { ca_dir } => (tls::dev_certificate(&ca_dir)?, None),
+        };
+        let (cert_path, key_path) = match &cert_files {
+            Some((files, _)) => (files.cert.clone(), files.key.clone()),
+            None => (PathBuf::from("<generated>"), PathBuf::from("<generated>")),
+        };
+        let key = pair.certified_key(&cert_path, &key_path, &provider)?;
+        let resolver = Arc::new(tls::CertResolver::new(key));
+        let tls = Arc::new(tls::server_config(resolver.clone(), provider.clone())?);
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on --listen {listen}"))?;
+        let metrics = WebhookMetrics::register(registry);
         let audit = AuditLog::open(
             match &audit_log {
                 Some(path) => AuditTarget::File(path),
@@ -146,87 +111,100 @@ impl Server {
             },
             &metrics.audit_dropped,
         )?;
-        let provisioner = match provisioner {
-            Some(config) => {
-                let client = kube::Client::try_default().await.context(
-                    "--provisioner: cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)",
-                )?;
-                Some(crate::provisioner::Provisioner::new(
-                    config,
-                    client,
-                    &mut registry,
-                ))
-            }
-            None => None,
-        };
-        let ready = Arc::new(AtomicBool::new(true));
-        let (stop_tx, stop_rx) = watch::channel(false);
-
-        let mut background = JoinSet::new();
-        if let (Some(path), Some(text)) = (policy_path, policy_text) {
-            background.spawn(reload::watch_policy(
-                path,
-                text,
-                policy.clone(),
-                metrics.clone(),
-                reload_interval,
-                stop_rx.clone(),
-            ));
-        }
-        if let Some((cert, key, pair)) = cert_files {
-            background.spawn(reload::watch_certificate(
-                reload::CertFiles { cert, key },
-                pair,
-                resolver,
-                provider,
-                metrics.clone(),
-                reload_interval,
-                stop_rx.clone(),
-            ));
-        }
-        let mut components: Vec<(&'static str, admin::ReadyCheck)> = Vec::new();
-        if let Some(p) = &provisioner {
-            // The provisioner's health is reported apart: a stale NFS mount must not take the
-            // webhook out of its Service.
-            let readiness = p.readiness();
-            components.push(("provisioner", Arc::new(move || readiness.reason())));
-        }
-        let serving = ready.clone();
-        let admin_state = admin::AdminState {
-            registry: Arc::new(registry),
-            ready: Arc::new(move || {
-                (!serving.load(Ordering::SeqCst)).then(|| "shutting down".to_string())
-            }),
-            components,
-        };
-        let mut provisioner_task = provisioner.map(|p| {
-            let mut stop = stop_rx.clone();
-            tokio::spawn(p.run(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            }))
-        });
-        let admin_addr = admin_listener.local_addr()?;
-        let mut admin_stop = stop_rx.clone();
-        let admin_task = tokio::spawn(async move {
-            axum::serve(admin_listener, admin::router(admin_state))
-                .with_graceful_shutdown(async move {
-                    let _ = admin_stop.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
-
         let state = Arc::new(http::WebhookState {
-            policy,
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
             audit: audit.sender(),
-            metrics: metrics.clone(),
+            metrics,
             max_body,
             body_timeout,
         });
+        let stop = watch::channel(false).0;
+        let mut reloads = JoinSet::new();
+        if let Some((path, text)) = policy_file {
+            reloads.spawn(reload::watch_policy(
+                path,
+                text,
+                state.policy.clone(),
+                state.metrics.clone(),
+                reload_interval,
+                stop.subscribe(),
+            ));
+        }
+        if let Some((files, pair)) = cert_files {
+            reloads.spawn(reload::watch_certificate(
+                files,
+                pair,
+                resolver,
+                provider,
+                state.metrics.clone(),
+                reload_interval,
+                stop.subscribe(),
+            ));
+        }
+        Ok(Server {
+            listener,
+            state,
+            audit,
+            acceptor: TlsAcceptor::from(tls),
+            reloads,
+            limits: ConnLimits {
+                header_timeout,
+                idle_timeout,
+            },
+            drain_timeout,
+            shutdown_delay,
+            max_connections,
+            ready: Arc::new(AtomicBool::new(true)),
+            stop,
+        })
+    }
+
+    /// The webhook's bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The webhook's readiness (`/readyz`): `None` until shutdown starts.
+    pub fn readiness(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+        let serving = self.ready.clone();
+        move || (!serving.load(Ordering::SeqCst)).then(|| "shutting down".to_string())
+    }
+
+    /// Resolves when the webhook stops accepting (or is dropped without running): the moment
+    /// the parts beside it are told to stop.
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Serves until `shutdown` resolves (then keeps answering for `--shutdown-delay` with
+    /// readiness failing) or `failed` resolves (then at once, returning its error). Afterwards
+    /// stops accepting, drains in-flight requests and flushes the audit log.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+        failed: impl Future<Output = anyhow::Error> + Send,
+    ) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            state,
+            audit,
+            acceptor,
+            mut reloads,
+            limits,
+            drain_timeout,
+            shutdown_delay,
+            max_connections,
+            ready,
+            stop,
+        } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
+            .header_read_timeout(limits.header_timeout)
             .keep_alive(true);
         builder
             .http2()
@@ -234,22 +212,18 @@ impl Server {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
             .max_concurrent_streams(250);
-        let acceptor = TlsAcceptor::from(tls);
-        let addr = listener.local_addr()?;
-        tracing::info!(webhook = %addr, admin = %admin_addr, "Listening");
 
         let mut connections = JoinSet::new();
-        let mut failure = None;
         // After SIGTERM: keep serving (with /readyz failing) until this instant, so requests
         // routed to us before the endpoints update are still answered.
         let mut closing_at: Option<tokio::time::Instant> = None;
-        tokio::pin!(shutdown);
-        loop {
+        tokio::pin!(shutdown, failed);
+        let failure = loop {
             tokio::select! {
                 () = &mut shutdown, if closing_at.is_none() => {
                     ready.store(false, Ordering::SeqCst);
                     if shutdown_delay.is_zero() {
-                        break;
+                        break None;
                     }
                     tracing::info!(delay = ?shutdown_delay, "Failing readiness; still serving until the delay passes");
                     closing_at = Some(tokio::time::Instant::now() + shutdown_delay);
@@ -257,19 +231,8 @@ impl Server {
                 () = async { match closing_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
-                } } => break,
-                ended = async { match provisioner_task.as_mut() {
-                    Some(task) => task.await,
-                    None => std::future::pending().await,
-                } } => {
-                    provisioner_task = None;
-                    failure = Some(match ended {
-                        Ok(Ok(())) => anyhow::anyhow!("the provisioner stopped unexpectedly"),
-                        Ok(Err(e)) => e.context("the provisioner failed"),
-                        Err(e) => anyhow::anyhow!("the provisioner task failed: {e}"),
-                    });
-                    break;
-                }
+                } } => break None,
+                e = &mut failed => break Some(e),
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept(), if connections.len() < max_connections => {
                     let (stream, peer) = match accepted {
@@ -287,19 +250,18 @@ impl Server {
                         acceptor.clone(),
                         builder.clone(),
                         state.clone(),
-                        ConnLimits { header_timeout, idle_timeout },
-                        metrics.clone(),
-                        stop_rx.clone(),
+                        limits,
+                        stop.subscribe(),
                     ));
                 }
             }
-        }
+        };
 
         // Shutdown: stop accepting, let open connections finish their requests.
         tracing::info!(open = connections.len(), "Draining connections");
         ready.store(false, Ordering::SeqCst);
         drop(listener);
-        let _ = stop_tx.send(true);
+        stop.send_replace(true);
         let drained = tokio::time::timeout(drain_timeout, async {
             while connections.join_next().await.is_some() {}
         })
@@ -320,32 +282,16 @@ impl Server {
         {
             tracing::error!("Audit log writer did not stop cleanly");
         }
-        const JOIN_LIMIT: Duration = Duration::from_secs(5);
         let _ = tokio::time::timeout(JOIN_LIMIT, async {
-            while background.join_next().await.is_some() {}
+            while reloads.join_next().await.is_some() {}
         })
         .await;
-        if let Some(task) = provisioner_task {
-            match tokio::time::timeout(JOIN_LIMIT, task).await {
-                Ok(Ok(Err(e))) => tracing::error!(
-                    error = format!("{e:#}"),
-                    "Provisioner stopped with an error"
-                ),
-                Ok(Err(e)) => tracing::error!(error = %e, "Provisioner task failed"),
-                Err(_) => tracing::warn!("Provisioner did not stop in time"),
-                Ok(Ok(Ok(()))) => {}
-            }
-        }
-        match tokio::time::timeout(JOIN_LIMIT, admin_task).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "Admin server stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "Admin server task failed"),
-            Err(_) => tracing::warn!("Admin server did not stop in time"),
-            Ok(Ok(Ok(()))) => {}
-        }
-        tracing::info!("Stopped");
         failure.map_or(Ok(()), Err)
     }
 }
+
+/// How long each part may take to stop once told to.
+pub const JOIN_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy)]
 struct ConnLimits {
@@ -353,7 +299,6 @@ struct ConnLimits {
     idle_timeout: Duration,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -361,7 +306,6 @@ async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     state: Arc<http::WebhookState>,
     limits: ConnLimits,
-    metrics: WebhookMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     // Without TCP_NODELAY, Nagle's algorithm holds small HTTP/2 frames for ~40 ms.
@@ -379,6 +323,7 @@ async fn serve_connection(
             return;
         }
     };
+    let metrics = state.metrics.clone();
     metrics.connections.inc();
     let (io, activity) = io::Tracked::new(tls);
     let conn = builder.serve_connection(TokioIo::new(io), http::service(state));
@@ -409,12 +354,4 @@ async fn serve_connection(
         }
     }
     metrics.connections.dec();
-}
-
-/// Runs `serve` with `config` until `shutdown` resolves.
-pub async fn run(
-    config: ServeConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    Server::bind(config).await?.run(shutdown).await
 }

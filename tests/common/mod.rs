@@ -74,6 +74,11 @@ pub fn binary() -> &'static str {
 impl Webhook {
     /// Starts `serve` with certificates in `dir` (written if missing) and `extra` flags.
     pub fn start(dir: &Path, extra: &[&str]) -> Webhook {
+        Webhook::start_with_env(dir, extra, &[])
+    }
+
+    /// [`Webhook::start`] with further environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhook {
         if !dir.join("tls.crt").exists() {
             write_certs(dir);
         }
@@ -104,7 +109,7 @@ impl Webhook {
             args.extend(["--shutdown-delay".to_string(), "0".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, stderr, rx) = spawn(&args, dir);
+        let (child, stderr, rx) = spawn_with_env(&args, dir, env);
         let listening = wait_for_line(&rx, Duration::from_secs(20), |v| {
             v["message"] == "Listening"
         })
@@ -201,8 +206,14 @@ type Lines = (Child, Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>);
 
 /// Spawns the binary with `args` in `dir`, collecting its standard error.
 pub fn spawn(args: &[String], dir: &Path) -> Lines {
+    spawn_with_env(args, dir, &[])
+}
+
+/// [`spawn`] with further environment variables.
+pub fn spawn_with_env(args: &[String], dir: &Path, env: &[(&str, &str)]) -> Lines {
     let mut child = Command::new(binary())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

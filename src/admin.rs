@@ -1,7 +1,7 @@
 //! The plain-HTTP admin port shared by `serve` and `provisioner`: `/livez`, `/readyz`,
-//! `/readyz/<component>` and `/metrics`.
+//! `/readyz/<component>` and `/metrics`. It reports what its owner hands it; it decides nothing.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use axum::{
     Router,
@@ -11,6 +11,7 @@ use axum::{
     routing::get,
 };
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 
 /// A readiness check: `None` when ready, else why not.
 pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -24,6 +25,31 @@ pub struct AdminState {
     pub ready: ReadyCheck,
     /// Further components, each at `/readyz/<name>` (not part of `/readyz`).
     pub components: Vec<(&'static str, ReadyCheck)>,
+}
+
+impl AdminState {
+    /// `/readyz` answered by `ready`, no further components.
+    pub fn new(
+        registry: Arc<Registry>,
+        ready: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        AdminState {
+            registry,
+            ready: Arc::new(ready),
+            components: Vec::new(),
+        }
+    }
+}
+
+/// Serves the admin routes on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 /// The admin router.

@@ -52,7 +52,6 @@ pub async fn serve(
         .await
 }
 
-/// The admin router.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))

@@ -40,21 +40,13 @@ use crate::{
 pub struct AuditRecord<'a> {
     /// When the decision was made (RFC 3339, UTC).
     pub ts: String,
-    /// Request uid.
     pub uid: &'a str,
-    /// The outcome.
     pub decision: Outcome,
-    /// Why.
     pub reason: &'a str,
-    /// Whether the request was allowed.
     pub allowed: bool,
-    /// API group of the object.
     pub group: &'a str,
-    /// API version of the object.
     pub version: &'a str,
-    /// Kind of the object.
     pub kind: &'a str,
-    /// Namespace.
     pub namespace: &'a str,
     /// Name, when the object has one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,11 +56,8 @@ pub struct AuditRecord<'a> {
     pub generate_name: Option<&'a str>,
     /// CREATE, UPDATE, ...
     pub operation: &'static str,
-    /// Requesting user.
     pub user: &'a str,
-    /// The user's groups.
     pub groups: Vec<&'a str>,
-    /// Whether the request was a dry run.
     pub dry_run: bool,
     /// StorageClass added (or proposed).
     pub storage_class: Option<&'a str>,
@@ -78,14 +67,12 @@ pub struct AuditRecord<'a> {
     pub source: Option<Source>,
     /// The patch operations (returned, or proposed in audit mode).
     pub patch: &'a Patch,
-    /// The warnings returned to the user.
     pub warnings: &'a [String],
     /// Time from body received to response encoded.
     pub duration_micros: u64,
 }
 
 impl<'a> AuditRecord<'a> {
-    /// Builds the record for `decision` about `req`.
     pub fn new(
         req: &'a Request<'a>,
         decision: &'a Decision,
@@ -142,7 +129,6 @@ impl<'a> AuditRecord<'a> {
 
 /// Where audit lines go.
 pub enum AuditTarget<'p> {
-    /// Standard output.
     Stdout,
     /// A file, appended to, and opened again when it is rotated.
     File(&'p Path),
@@ -270,7 +256,6 @@ impl AuditLog {
         Ok(AuditLog { sender, thread })
     }
 
-    /// A handle for request handlers.
     pub fn sender(&self) -> AuditSender {
         self.sender.clone()
     }
@@ -288,7 +273,6 @@ impl AuditLog {
     }
 }
 
-/// The open output.
 struct Output {
     file: File,
     /// The file's path, to open it again after a rotation (none for standard output).

@@ -76,7 +76,6 @@ impl<'a> ReviewBody<'a> {
         }
     }
 
-    /// The request uid.
     pub fn uid(self, uid: &'a str) -> Self {
         ReviewBody { uid, ..self }
     }
@@ -95,7 +94,6 @@ impl<'a> ReviewBody<'a> {
         ReviewBody { namespace, ..self }
     }
 
-    /// The requesting user and their groups.
     pub fn user(self, username: &'a str, groups: &'a [&'a str]) -> Self {
         ReviewBody {
             username,
@@ -104,7 +102,6 @@ impl<'a> ReviewBody<'a> {
         }
     }
 
-    /// Marks the request as a dry run.
     pub fn dry_run(self, dry_run: bool) -> Self {
         ReviewBody { dry_run, ..self }
     }

@@ -75,7 +75,6 @@ impl Outcome {
 /// The storage a decision added (or would add).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddedStorage {
-    /// StorageClass name.
     pub storage_class_name: String,
     /// Size as written (for a StatefulSet, its largest claim).
     pub size: String,
@@ -97,10 +96,7 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Allowed unchanged: not a target, or storage already there.
-    Unchanged {
-        /// Why, in a few words.
-        reason: String,
-    },
+    Unchanged { reason: String },
     /// Allowed unchanged: policy or the object opted out.
     Skipped {
         /// Which opt-out applied.
@@ -183,7 +179,6 @@ impl Decision {
         }
     }
 
-    /// Why, in a few words.
     pub fn reason(&self) -> &str {
         match &self.verdict {
             Verdict::Unchanged { reason }
@@ -224,7 +219,6 @@ impl Decision {
 /// Who a decision is about, for warnings and the audit log.
 #[derive(Debug, Clone, Copy)]
 pub struct Ident<'r> {
-    /// Kind.
     pub kind: &'r str,
     /// Namespace (empty for cluster-scoped objects).
     pub namespace: &'r str,
@@ -235,7 +229,6 @@ pub struct Ident<'r> {
 }
 
 impl<'r> Ident<'r> {
-    /// Identifies the object of `req`.
     pub fn of(req: &'r Request<'_>) -> Self {
         let meta = req.object.as_ref().and_then(|o| o.metadata.as_ref());
         let namespace = non_empty(req.namespace.as_deref())
@@ -290,7 +283,6 @@ pub enum Target {
 }
 
 impl Target {
-    /// The target for a group/version/kind, if it is one.
     pub fn of(group: &str, version: &str, kind: &str) -> Option<Target> {
         match (group, version, kind) {
             ("apps", "v1", "StatefulSet") => Some(Target::StatefulSet),
@@ -309,7 +301,6 @@ impl Target {
     }
 }
 
-/// Decides what to do with `req` under `policy`.
 pub fn evaluate(req: &Request<'_>, policy: &Policy) -> Decision {
     let Some(target) = Target::of(&req.kind.group, &req.kind.version, &req.kind.kind) else {
         return Decision::unchanged("not a target kind");
@@ -341,7 +332,6 @@ pub fn evaluate(req: &Request<'_>, policy: &Policy) -> Decision {
 /// What every kind checks before looking at storage: namespace exclusion, the `skip` opt-out,
 /// and whether the override annotations are valid.
 pub(crate) struct Gate<'a> {
-    /// Storage for this object.
     pub storage: StorageSpec<'a>,
     /// `kube-persist.io/adopt: "true"`.
     pub adopt: bool,
@@ -511,9 +501,7 @@ pub enum ReviewError {
 pub struct Reviewed<'a> {
     /// `apiVersion` to answer with.
     pub api_version: Cow<'a, str>,
-    /// The request.
     pub request: Request<'a>,
-    /// The decision.
     pub decision: Decision,
     /// The AdmissionReview response, serialized.
     pub response: Vec<u8>,

@@ -14,12 +14,10 @@ use crate::{policy::StorageSpec, quantity::Quantity};
 
 pub use json_patch::Patch;
 
-/// `add` of `value` at `path`.
 pub fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
 }
 
-/// `remove` of `path`.
 pub fn remove(path: PointerBuf) -> PatchOperation {
     PatchOperation::Remove(RemoveOperation { path })
 }

@@ -43,7 +43,6 @@ impl CrKind {
         }
     }
 
-    /// The kind's name.
     pub fn as_str(self) -> &'static str {
         match self {
             CrKind::Prometheus => "Prometheus",
@@ -69,13 +68,10 @@ impl CrKind {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageView {
-    /// `emptyDir`.
     #[serde(default)]
     pub empty_dir: Option<IgnoredAny>,
-    /// `ephemeral`.
     #[serde(default)]
     pub ephemeral: Option<IgnoredAny>,
-    /// `volumeClaimTemplate`.
     #[serde(default)]
     pub volume_claim_template: Option<IgnoredAny>,
 }
@@ -94,7 +90,6 @@ impl StorageView {
     }
 }
 
-/// Decides for one CR of `kind`.
 pub fn decide(
     req: &Request<'_>,
     object: &ObjectView<'_>,

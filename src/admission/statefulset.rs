@@ -1,4 +1,4 @@
-//! `apps/v1` StatefulSets (SPEC 2.2): on CREATE, every disk-backed `emptyDir` volume a container
+//! `apps/v1` StatefulSets: on CREATE, every disk-backed `emptyDir` volume a container
 //! keeps data in becomes a `volumeClaimTemplate` of the same name, so the existing `volumeMounts`
 //! now point at a per-pod claim; `kube-persist.io/mount-path` asks for a new claim `data` where
 //! there is no such emptyDir. Decides from the borrowed views alone; the operations add typed
@@ -32,7 +32,6 @@ use crate::{
 /// none of the pods' selector labels).
 pub const ADDED_BY: &str = "kube-persist.io/added-by";
 
-/// The value of [`ADDED_BY`].
 pub const ADDED_BY_VALUE: &str = "kube-persist";
 
 /// Name of the claim that `kube-persist.io/mount-path` adds.
@@ -41,7 +40,6 @@ pub const MOUNT_PATH_CLAIM: &str = "data";
 /// `spec.template`.
 #[derive(Debug, Default, Deserialize)]
 pub struct PodTemplateView<'a> {
-    /// `spec.template.spec`.
     #[serde(borrow, default)]
     pub spec: Option<PodSpecView<'a>>,
 }
@@ -50,22 +48,17 @@ pub struct PodTemplateView<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecView<'a> {
-    /// Pod volumes.
     #[serde(borrow, default)]
     pub volumes: Option<Vec<VolumeView<'a>>>,
-    /// Containers.
     #[serde(borrow, default)]
     pub containers: Option<Vec<ContainerView<'a>>>,
-    /// Init containers.
     #[serde(borrow, default)]
     pub init_containers: Option<Vec<ContainerView<'a>>>,
 }
 
-/// One pod volume.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeView<'a> {
-    /// Volume name.
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
     /// Set when the volume is an emptyDir.
@@ -73,38 +66,30 @@ pub struct VolumeView<'a> {
     pub empty_dir: Option<EmptyDirView<'a>>,
 }
 
-/// `emptyDir`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyDirView<'a> {
     /// `Memory` for tmpfs.
     #[serde(borrow, default, deserialize_with = "super::view::borrow_opt")]
     pub medium: Option<Cow<'a, str>>,
-    /// Size limit.
     #[serde(borrow, default, deserialize_with = "super::view::borrow_opt")]
     pub size_limit: Option<Cow<'a, str>>,
 }
 
-/// One container.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerView<'a> {
-    /// Container name.
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
-    /// Its mounts.
     #[serde(borrow, default)]
     pub volume_mounts: Option<Vec<MountView<'a>>>,
 }
 
-/// One volume mount.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MountView<'a> {
-    /// Volume name.
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
-    /// Mount path.
     #[serde(borrow, default)]
     pub mount_path: Cow<'a, str>,
 }
@@ -215,7 +200,6 @@ struct Plan<'p> {
     mount: Option<NewMount<'p>>,
     /// emptyDir volumes left as they are, and why.
     left: Vec<(&'p str, Cow<'p, str>)>,
-    /// Problems with the annotations.
     errors: Vec<AnnotationError>,
 }
 
@@ -649,7 +633,6 @@ fn controller_owner<'m>(meta: &'m MetaView<'_>) -> Option<&'m OwnerRefView<'m>> 
         .find(|o| o.controller == Some(true))
 }
 
-/// Decides for one StatefulSet.
 pub fn decide(req: &Request<'_>, object: &ObjectView<'_>, policy: &Policy) -> Decision {
     if !policy.targets.stateful_sets {
         return Decision::skipped("policy targets.statefulSets is false");

@@ -45,12 +45,9 @@ pub struct Request<'a> {
     /// Object name (empty for CREATE with `generateName`).
     #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub name: Option<Cow<'a, str>>,
-    /// Object namespace.
     #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub namespace: Option<Cow<'a, str>>,
-    /// CREATE, UPDATE, DELETE or CONNECT.
     pub operation: Operation,
-    /// Who asked.
     #[serde(borrow, default)]
     pub user_info: UserInfo<'a>,
     /// The object after the change.
@@ -130,10 +127,8 @@ pub struct GroupVersionKind<'a> {
     /// API group (`""` for core).
     #[serde(borrow, default)]
     pub group: Cow<'a, str>,
-    /// API version.
     #[serde(borrow, default)]
     pub version: Cow<'a, str>,
-    /// Kind.
     #[serde(borrow, default)]
     pub kind: Cow<'a, str>,
 }
@@ -141,24 +136,17 @@ pub struct GroupVersionKind<'a> {
 /// `request.userInfo`.
 #[derive(Debug, Default, Deserialize)]
 pub struct UserInfo<'a> {
-    /// User name.
     #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub username: Option<Cow<'a, str>>,
-    /// Groups.
     #[serde(borrow, default)]
     pub groups: Option<Vec<CowStr<'a>>>,
 }
 
-/// The admission operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
-    /// CREATE.
     Create,
-    /// UPDATE.
     Update,
-    /// DELETE.
     Delete,
-    /// CONNECT.
     Connect,
 }
 
@@ -194,10 +182,8 @@ impl<'de> Deserialize<'de> for Operation {
 /// what any of the kinds needs; each kind reads its own part.
 #[derive(Debug, Default, Deserialize)]
 pub struct ObjectView<'a> {
-    /// `metadata`.
     #[serde(borrow, default)]
     pub metadata: Option<MetaView<'a>>,
-    /// `spec`.
     #[serde(borrow, default)]
     pub spec: Option<SpecView<'a>>,
 }
@@ -230,7 +216,6 @@ pub struct SpecView<'a> {
 /// `oldObject`: only whether it had storage, and that storage (with its extras) as raw JSON.
 #[derive(Debug, Default, Deserialize)]
 pub struct OldObjectView<'a> {
-    /// `spec`.
     #[serde(borrow, default)]
     pub spec: Option<OldSpecView<'a>>,
 }
@@ -245,22 +230,18 @@ pub struct OldSpecView<'a> {
     /// `spec.retentionSize` (Prometheus).
     #[serde(borrow, default)]
     pub retention_size: Option<&'a RawValue>,
-    /// `spec.persistentVolumeClaimRetentionPolicy`.
     #[serde(borrow, default)]
     pub persistent_volume_claim_retention_policy: Option<&'a RawValue>,
 }
 
-/// `metadata`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetaView<'a> {
-    /// Name.
     #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub name: Option<Cow<'a, str>>,
     /// `generateName`, for CREATE without a name.
     #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub generate_name: Option<Cow<'a, str>>,
-    /// Namespace.
     #[serde(borrow, default, deserialize_with = "borrow_opt")]
     pub namespace: Option<Cow<'a, str>>,
     /// Only the `kube-persist.io/*` annotations.
@@ -271,13 +252,10 @@ pub struct MetaView<'a> {
     pub owner_references: Option<Vec<OwnerRefView<'a>>>,
 }
 
-/// One owner reference.
 #[derive(Debug, Default, Deserialize)]
 pub struct OwnerRefView<'a> {
-    /// Owner kind.
     #[serde(borrow, default)]
     pub kind: Cow<'a, str>,
-    /// Owner name.
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
     /// Whether the owner is the managing controller.

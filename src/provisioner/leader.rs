@@ -131,22 +131,16 @@ pub enum LeaderError {
     /// The API server refused or failed.
     #[error("Lease {namespace}/{name}: {source}")]
     Api {
-        /// Lease namespace.
         namespace: String,
-        /// Lease name.
         name: String,
-        /// The error.
         #[source]
         source: kube::Error,
     },
     /// No answer in time.
     #[error("Lease {namespace}/{name}: no answer from the API server within {timeout:?}")]
     Timeout {
-        /// Lease namespace.
         namespace: String,
-        /// Lease name.
         name: String,
-        /// The limit.
         timeout: Duration,
     },
 }

@@ -26,7 +26,6 @@ pub enum Operation {
 /// How an operation ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum OpResult {
-    /// Done.
     Success,
     /// Failed (see `failures_total{reason}`).
     Failure,
@@ -92,7 +91,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them into `registry`.
     pub fn new(registry: &mut Registry) -> Self {
         let m = Metrics {
             operations: Family::default(),
@@ -196,12 +194,10 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Sets the leader gauge.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
 
-    /// Sets a volume's requested bytes.
     pub fn set_requested(&self, pv: &str, bytes: u64) {
         self.requested_bytes
             .get_or_create(&PvLabels { pv: pv.to_owned() })

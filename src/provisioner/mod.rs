@@ -20,17 +20,13 @@ pub use runtime::{Provisioner, Readiness, Tuning};
 /// Provisioner flags as given, before validation.
 #[derive(Debug, Clone)]
 pub struct RawConfig {
-    /// `PROVISIONER_NAME`.
     pub provisioner_name: String,
-    /// `NFS_SERVER`.
     pub nfs_server: Option<String>,
-    /// `NFS_PATH`.
     pub nfs_path: Option<String>,
     /// Mount point of the export.
     pub nfs_root: PathBuf,
-    /// `ENABLE_LEADER_ELECTION`.
     pub enable_leader_election: bool,
-    /// Namespace of the Lease.
+    /// Namespace of the Lease; `None` picks one (`leader::lease_namespace`).
     pub lease_namespace: Option<String>,
     /// Admin port when run alone.
     pub admin_listen: SocketAddr,
@@ -49,7 +45,7 @@ pub struct Config {
     pub nfs_root: PathBuf,
     /// Whether to take a Lease before provisioning.
     pub enable_leader_election: bool,
-    /// Namespace of the Lease.
+    /// Namespace of the Lease; `None` picks one (`leader::lease_namespace`).
     pub lease_namespace: Option<String>,
     /// Admin port when run alone.
     pub admin_listen: SocketAddr,
@@ -67,7 +63,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Validates [`RawConfig`].
     pub fn new(raw: RawConfig) -> Result<Self, ConfigError> {
         let RawConfig {
             provisioner_name,

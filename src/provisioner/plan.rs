@@ -300,17 +300,13 @@ pub enum OnDelete {
 /// StorageClass parameters, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassParams {
-    /// `onDelete`.
     pub on_delete: OnDelete,
     /// `archiveOnDelete` (default true).
     pub archive_on_delete: bool,
-    /// `pathPattern`.
     pub path_pattern: Option<String>,
     /// `mode` (octal).
     pub mode: Option<u32>,
-    /// `uid`.
     pub uid: Option<u32>,
-    /// `gid`.
     pub gid: Option<u32>,
 }
 
@@ -335,7 +331,6 @@ pub struct ParamError {
     pub source_kind: &'static str,
     /// Parameter or annotation name.
     pub name: &'static str,
-    /// The value given.
     pub value: String,
     /// What would have been accepted.
     pub expected: &'static str,
@@ -448,10 +443,7 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProvisionDecision {
     /// Not ours to do, or nothing to do.
-    Skip {
-        /// Why.
-        reason: SkipReason,
-    },
+    Skip { reason: SkipReason },
     /// Create the directory, then the PV.
     Provision(Box<PvPlan>),
     /// Ours, but it cannot be provisioned as asked: a `ProvisioningFailed` event.
@@ -524,7 +516,6 @@ pub enum FailReason {
     /// No `resources.requests.storage`.
     #[error("claim has no resources.requests.storage")]
     NoStorageRequest,
-    /// No access modes.
     #[error("claim has no accessModes")]
     NoAccessModes,
     /// A parameter or annotation did not parse.
@@ -535,7 +526,6 @@ pub enum FailReason {
     Path {
         /// The class whose pattern failed (or `default naming`).
         class: String,
-        /// What was wrong.
         #[source]
         error: PathError,
     },
@@ -567,11 +557,8 @@ impl FailReason {
 pub struct PvPlan {
     /// The directory to create under the NFS root.
     pub dir: RelDir,
-    /// Its mode.
     pub mode: u32,
-    /// Its owner, when set.
     pub uid: Option<u32>,
-    /// Its group, when set.
     pub gid: Option<u32>,
     /// The PV to create (name `pvc-<claim uid>`).
     pub pv: PersistentVolume,
@@ -866,17 +853,11 @@ fn build_pv(
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeleteDecision {
     /// Not ours, or not released with reclaim policy `Delete`.
-    Skip {
-        /// Why.
-        reason: DeleteSkip,
-    },
+    Skip { reason: DeleteSkip },
     /// Archive, remove or retain the directory, then delete the PV.
     Delete(DeletePlan),
     /// Ours and released, but unsafe to touch: a warning event, the PV stays.
-    Fail {
-        /// Why.
-        reason: DeleteFail,
-    },
+    Fail { reason: DeleteFail },
 }
 
 /// Why a volume is left alone.
@@ -903,11 +884,9 @@ pub enum DeleteFail {
         "volume {pv} is on NFS server {server}, not {ours} (NFS_SERVER): its directory is not on this mount, delete it by hand"
     )]
     OtherServer {
-        /// The PV.
         pv: String,
-        /// Its server.
         server: String,
-        /// Ours.
+        /// Our `NFS_SERVER`.
         ours: String,
     },
     /// `spec.nfs.path` is not strictly below `NFS_PATH`.
@@ -915,9 +894,7 @@ pub enum DeleteFail {
         "volume {pv} has path {path}, which is not a directory below {ours} (NFS_PATH): refusing to touch it"
     )]
     OutsideExport {
-        /// The PV.
         pv: String,
-        /// Its path.
         path: String,
         /// Our `NFS_PATH`.
         ours: String,
@@ -971,7 +948,6 @@ pub struct DeletePlan {
     pub pv_uid: Option<String>,
     /// Its directory under the NFS root.
     pub dir: RelDir,
-    /// What to do with it.
     pub action: DirAction,
 }
 

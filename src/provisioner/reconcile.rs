@@ -60,7 +60,6 @@ pub enum Error {
     Plan {
         /// `namespace/name`.
         claim: String,
-        /// Why.
         #[source]
         reason: FailReason,
     },
@@ -72,7 +71,6 @@ pub enum Error {
     Fs {
         /// The claim or volume.
         object: String,
-        /// What failed.
         #[source]
         source: FsError,
     },
@@ -81,9 +79,7 @@ pub enum Error {
     Kube {
         /// What we were doing.
         action: &'static str,
-        /// The object.
         object: String,
-        /// The error.
         #[source]
         source: kube::Error,
     },
@@ -149,23 +145,17 @@ impl RetryBackoff {
 /// Everything a reconcile needs. Built by [`super::Provisioner`]; tests build it by hand with a
 /// mocked client and hand-filled stores.
 pub struct Context {
-    /// The API client.
     pub client: Client,
-    /// Provisioner configuration.
     pub config: Config,
     /// StorageClasses, from a reflector.
     pub classes: Store<StorageClass>,
     /// PersistentVolumes, from the volume controller's reflector.
     pub volumes: Store<PersistentVolume>,
-    /// The NFS mount.
     pub fs: VolumeRoot,
     /// Whether we may act.
     pub leader: LeaderHandle,
-    /// Metrics.
     pub metrics: Metrics,
-    /// Event publisher.
     pub recorder: Recorder,
-    /// Retry state.
     pub backoff: RetryBackoff,
     /// How long to wait for the caches to sync before failing a reconcile.
     pub sync_timeout: Duration,

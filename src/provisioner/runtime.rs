@@ -1,5 +1,6 @@
 //! Wiring: kube-runtime controllers for claims and volumes, a StorageClass reflector, the Lease,
-//! the mount probe and the usage walker.
+//! the mount probe and the usage walker. Decides nothing about a claim or a volume: the
+//! reconcilers ([`super::reconcile`]) do.
 
 use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
@@ -39,7 +40,6 @@ pub struct Tuning {
     pub walk_interval: Duration,
     /// Bound of each volume's walk.
     pub walk_limits: WalkLimits,
-    /// Lease timing.
     pub leader: LeaderTiming,
     /// Reconciles running at once, per controller.
     pub concurrency: u16,

@@ -34,19 +34,14 @@ pub enum FsError {
     /// The call did not return in time: the mount is probably stale or hung.
     #[error("{op} {path}: no answer from the NFS mount within {timeout:?} (stale or hung mount?)")]
     Timeout {
-        /// Operation.
         op: &'static str,
-        /// Path.
         path: String,
-        /// The limit.
         timeout: Duration,
     },
     /// Earlier calls are still stuck; not adding another.
     #[error("{op} {path}: refused, {stuck} earlier calls on the NFS mount are still hung")]
     Unresponsive {
-        /// Operation.
         op: &'static str,
-        /// Path.
         path: String,
         /// Calls still stuck.
         stuck: usize,
@@ -54,38 +49,23 @@ pub enum FsError {
     /// An I/O error.
     #[error("{op} {path}: {source}")]
     Io {
-        /// Operation.
         op: &'static str,
-        /// Path.
         path: String,
-        /// The error.
         #[source]
         source: io::Error,
     },
     /// A symlink where a directory was expected.
     #[error("{path} is a symbolic link; refusing to follow it out of the NFS root")]
-    Symlink {
-        /// Path.
-        path: String,
-    },
+    Symlink { path: String },
     /// Something other than a directory where a directory was expected.
     #[error("{path} exists and is not a directory")]
-    NotADirectory {
-        /// Path.
-        path: String,
-    },
+    NotADirectory { path: String },
     /// A resolved path is not under the root.
     #[error("{path} resolves outside the NFS root {root}")]
-    Escapes {
-        /// Path.
-        path: String,
-        /// Root.
-        root: String,
-    },
+    Escapes { path: String, root: String },
     /// Every archive name is taken.
     #[error("{path}: every archive name is already taken ({tried} tried)")]
     NoArchiveName {
-        /// Path.
         path: String,
         /// How many names were tried.
         tried: usize,
@@ -93,11 +73,8 @@ pub enum FsError {
     /// The blocking task panicked or was cancelled.
     #[error("{op} {path}: the filesystem task failed: {message}")]
     Task {
-        /// Operation.
         op: &'static str,
-        /// Path.
         path: String,
-        /// What happened.
         message: String,
     },
 }
@@ -142,7 +119,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsE
 /// Whether [`VolumeRoot::ensure_dir`] created the directory or found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ensured {
-    /// Newly created.
     Created,
     /// It already existed (a restart, or a directory shared through `pathPattern`).
     Existed,
@@ -151,7 +127,6 @@ pub enum Ensured {
 /// Outcome of a removal or archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cleaned {
-    /// Removed.
     Removed,
     /// Renamed to this sibling name.
     Archived(String),
@@ -193,7 +168,6 @@ impl Default for WalkLimits {
 pub struct Usage {
     /// Bytes allocated (`st_blocks * 512`, what `du` reports), a lower bound when incomplete.
     pub bytes: u64,
-    /// Entries visited.
     pub entries: u64,
     /// Whether the whole tree was visited (no bound hit, no unreadable directory).
     pub complete: bool,

@@ -46,7 +46,6 @@ pub enum CertError {
     Generate {
         /// Which certificate.
         what: &'static str,
-        /// The rcgen error.
         #[source]
         source: rcgen::Error,
     },
@@ -58,7 +57,6 @@ pub enum CertError {
     Validity {
         /// Which certificate.
         what: &'static str,
-        /// The requested number of days.
         days: u32,
     },
 }

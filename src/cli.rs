@@ -290,7 +290,7 @@ pub struct ServeConfig {
     pub admin_listen: SocketAddr,
     /// Where the serving certificate comes from.
     pub tls: TlsSource,
-    /// Policy file, if any.
+    /// Policy file; `None` applies the built-in defaults.
     pub policy: Option<PathBuf>,
     /// Body limit in bytes.
     pub max_body: usize,
@@ -298,17 +298,12 @@ pub struct ServeConfig {
     pub audit_log: Option<PathBuf>,
     /// Poll interval for policy and certificate files.
     pub reload_interval: Duration,
-    /// Header read timeout.
     pub header_timeout: Duration,
-    /// Body read deadline.
     pub body_timeout: Duration,
-    /// Idle connection timeout.
     pub idle_timeout: Duration,
-    /// Drain deadline on shutdown.
     pub drain_timeout: Duration,
     /// Time between SIGTERM and closing the listener.
     pub shutdown_delay: Duration,
-    /// Connection cap.
     pub max_connections: usize,
     /// The provisioner to run beside the webhook, if any.
     pub provisioner: Option<provisioner::Config>,
@@ -321,7 +316,6 @@ pub enum TlsSource {
     Files {
         /// Certificate chain.
         cert: PathBuf,
-        /// Private key.
         key: PathBuf,
     },
     /// A generated development certificate; its CA is written into this directory.
@@ -349,7 +343,6 @@ pub enum ConfigError {
 }
 
 impl ServeArgs {
-    /// Validates the flags into a [`ServeConfig`].
     pub fn into_config(self) -> Result<ServeConfig, ConfigError> {
         let ServeArgs {
             listen,
@@ -409,7 +402,6 @@ impl ServeArgs {
 }
 
 impl ProvisionerArgs {
-    /// Validates the provisioner flags into a [`provisioner::Config`].
     pub fn into_config(self) -> Result<provisioner::Config, provisioner::ConfigError> {
         let ProvisionerArgs {
             provisioner_name,

@@ -1,4 +1,5 @@
 //! Webhook metrics (prometheus-client), served in the Prometheus text format on the admin port.
+//! Counts what the server reports; decides nothing.
 
 use std::sync::{Arc, OnceLock};
 
@@ -129,7 +130,6 @@ impl WebhookMetrics {
         };
     }
 
-    /// Counts a reload.
     pub fn reload(&self, what: &'static str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads

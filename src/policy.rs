@@ -1,4 +1,4 @@
-//! The storage policy: defaults (the blog's setup), per-namespace overrides, per-object
+//! The storage policy: defaults, per-namespace overrides, per-object
 //! annotation overrides, and loading/validating the YAML file. Pure: reading the file is the
 //! caller's business ([`Policy::load`] is a convenience wrapper around [`Policy::from_yaml`]).
 
@@ -54,28 +54,20 @@ pub struct Targets {
 /// Class, size and access modes of the volumes kube-persist adds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageDefaults {
-    /// StorageClass name.
     pub storage_class_name: String,
-    /// Requested size.
     pub size: Quantity,
-    /// Access modes.
     pub access_modes: Vec<String>,
 }
 
 /// Overrides for one namespace; unset fields fall back to the policy's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceOverride {
-    /// StorageClass name.
     pub storage_class_name: Option<String>,
-    /// Requested size.
     pub size: Option<Quantity>,
-    /// Access modes.
     pub access_modes: Option<Vec<String>>,
-    /// Mode.
     pub mode: Option<Mode>,
 }
 
-/// StatefulSet-specific settings.
 #[derive(Debug, Clone)]
 pub struct StatefulSetPolicy {
     /// The exclusion patterns as written.
@@ -101,15 +93,12 @@ impl StatefulSetPolicy {
 /// A validated policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Enforce or audit.
     pub mode: Mode,
     /// Default class, size and access modes.
     pub storage: StorageDefaults,
-    /// Object families acted on.
     pub targets: Targets,
     /// UPDATE handling of custom resources.
     pub on_update: OnUpdate,
-    /// PVC retention policy extra.
     pub retention_policy: RetentionPolicy,
     /// `retentionSize` as a fraction of the volume (0 disables).
     pub retention_size_ratio: f64,
@@ -119,7 +108,6 @@ pub struct Policy {
     pub exclude_namespaces: Vec<String>,
     /// Per-namespace overrides.
     pub namespaces: BTreeMap<String, NamespaceOverride>,
-    /// StatefulSet settings.
     pub stateful_sets: StatefulSetPolicy,
 }
 
@@ -149,11 +137,8 @@ impl Source {
 /// The storage one object gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageSpec<'a> {
-    /// StorageClass name.
     pub storage_class_name: Cow<'a, str>,
-    /// Requested size.
     pub size: Cow<'a, Quantity>,
-    /// Access modes.
     pub access_modes: Cow<'a, [String]>,
     /// Where these came from.
     pub source: Source,
@@ -175,9 +160,7 @@ pub struct Overrides<'a> {
 pub struct AnnotationError {
     /// Full annotation key.
     pub key: String,
-    /// The value found.
     pub value: String,
-    /// What is wrong with it.
     pub problem: String,
 }
 
@@ -193,16 +176,13 @@ pub enum PolicyError {
     /// The file could not be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
-        /// The file.
         path: String,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// Not YAML, or not the policy's shape (unknown field, wrong type).
     #[error("policy file {path}: {message}")]
     Parse {
-        /// The file.
         path: String,
         /// The parser's message (with line and column).
         message: String,
@@ -212,7 +192,6 @@ pub enum PolicyError {
     Invalid {
         /// Dotted path of the field.
         field: String,
-        /// What is wrong.
         problem: String,
     },
 }
@@ -353,7 +332,6 @@ impl Policy {
         })
     }
 
-    /// Whether the policy leaves `namespace` alone.
     pub fn is_excluded_namespace(&self, namespace: &str) -> bool {
         self.exclude_namespaces.iter().any(|n| n == namespace)
     }
@@ -642,7 +620,7 @@ mod tests {
         assert!(!mixed.is_excluded_volume("wall"));
     }
 
-    /// The SPEC's example policy, verbatim.
+    /// A policy file that spells out every default.
     const SPEC_EXAMPLE: &str = r#"
 mode: enforce                       # enforce | audit
 storageClassName: prometheus-data-db

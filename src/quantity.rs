@@ -43,7 +43,6 @@ impl Quantity {
         &self.text
     }
 
-    /// The value in bytes.
     pub fn bytes(&self) -> u128 {
         self.bytes
     }
@@ -194,7 +193,6 @@ pub const ACCESS_MODES: [&str; 4] = [
     "ReadWriteOncePod",
 ];
 
-/// Whether `mode` is a Kubernetes access mode.
 pub fn is_access_mode(mode: &str) -> bool {
     ACCESS_MODES.contains(&mode)
 }

@@ -20,7 +20,6 @@ pub struct ApiAccess {
     pub used_by: &'static str,
 }
 
-/// The complete list.
 pub const API_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "",

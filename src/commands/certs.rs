@@ -55,7 +55,6 @@ pub enum CertsError {
     BadDays {
         /// `days` or `ca-days`.
         flag: &'static str,
-        /// The value given.
         days: u32,
         /// The largest accepted value.
         max: u32,
@@ -64,12 +63,7 @@ pub enum CertsError {
     #[error(
         "--days ({days}) must not exceed --ca-days ({ca_days}): the certificate would outlive its CA"
     )]
-    OutlivesCa {
-        /// `--days`.
-        days: u32,
-        /// `--ca-days`.
-        ca_days: u32,
-    },
+    OutlivesCa { days: u32, ca_days: u32 },
     /// `--out` exists and is not a directory.
     #[error("--out {} exists and is not a directory", .0.display())]
     NotADirectory(PathBuf),
@@ -84,9 +78,7 @@ pub enum CertsError {
     Io {
         /// What was attempted.
         action: &'static str,
-        /// The path.
         path: PathBuf,
-        /// The error.
         #[source]
         source: io::Error,
     },
@@ -103,7 +95,6 @@ fn list(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-/// Runs `kube-persist certs`.
 pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
     let written = write_certs(&args)?;
     let stderr = io::stderr();
@@ -124,7 +115,6 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
 /// What [`write_certs`] wrote.
 #[derive(Debug)]
 pub struct Written {
-    /// The certificates and keys.
     pub generated: Generated,
     /// The files, in the order ca.crt, ca.key, tls.crt, tls.key.
     pub paths: Vec<PathBuf>,

@@ -37,9 +37,7 @@ const CLUSTER_SCOPED: &[&str] = &[
 pub struct TypeMeta {
     /// API group (`""` for the core group).
     pub group: String,
-    /// API version.
     pub version: String,
-    /// Kind.
     pub kind: String,
 }
 
@@ -59,7 +57,6 @@ impl TypeMeta {
         })
     }
 
-    /// The target this type is, if any.
     pub fn target(&self) -> Option<Target> {
         Target::of(&self.group, &self.version, &self.kind)
     }
@@ -70,7 +67,6 @@ impl TypeMeta {
 pub struct Decided {
     /// `Kind namespace/name`, as the engine names the object in its warnings.
     pub ident: String,
-    /// The decision.
     pub decision: Decision,
 }
 

@@ -35,7 +35,6 @@ pub const STDIN_NAME: &str = "<stdin>";
 pub enum Format {
     /// YAML (and YAML streams).
     Yaml,
-    /// JSON.
     Json,
 }
 
@@ -44,7 +43,6 @@ pub enum Format {
 pub enum Input {
     /// Standard input (`-`).
     Stdin,
-    /// A file.
     File(PathBuf),
 }
 
@@ -63,7 +61,6 @@ impl fmt::Display for Input {
 pub struct InputError {
     /// `file`, `file#3` or `file#3 (line 12)`.
     pub location: String,
-    /// What is wrong.
     pub problem: String,
 }
 
@@ -139,7 +136,6 @@ pub struct RawDocument {
     /// 1-based position among the input's non-empty documents; `None` for a document with
     /// nothing but comments, blank lines and markers (kept only to be written back).
     pub index: Option<usize>,
-    /// Its syntax.
     pub format: Format,
     /// The exact text, with the `---` line that opened it and any comment lines.
     pub text: String,
@@ -563,7 +559,6 @@ pub struct Stream<W> {
 }
 
 impl<W: Write> Stream<W> {
-    /// A stream writing to `out`.
     pub fn new(out: W) -> Self {
         Stream {
             out,

@@ -35,13 +35,12 @@ use crate::{
 pub struct Config {
     /// Files, directories and `-`.
     pub paths: Vec<PathBuf>,
-    /// The policy.
     pub policy: Policy,
     /// What to print; `None` keeps each document's own format.
     pub output: Option<MutateOutput>,
     /// The simulated operation.
     pub operation: OperationArg,
-    /// CI gate mode.
+    /// `--check`: exit 1 when any object would change or lacks persistent storage.
     pub check: bool,
     /// Namespace of namespaced objects that set none.
     pub namespace: String,
@@ -106,7 +105,6 @@ impl Summary {
     }
 }
 
-/// Runs `kube-persist mutate`.
 pub fn run(args: MutateArgs) -> anyhow::Result<ExitCode> {
     let config = Config::from_args(args)?;
     let stdout = BufWriter::new(io::stdout().lock());

@@ -40,13 +40,11 @@ pub const PAGE_SIZE: u32 = 500;
 /// A resource `scan` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resource {
-    /// API group.
     pub group: &'static str,
     /// Version listed.
     pub version: &'static str,
     /// Plural resource name.
     pub plural: &'static str,
-    /// Kind.
     pub kind: &'static str,
 }
 
@@ -113,11 +111,8 @@ pub const RESOURCES: [Resource; 5] = [
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
-    /// Namespace.
     pub namespace: String,
-    /// Kind.
     pub kind: String,
-    /// Name.
     pub name: String,
     /// `spec.replicas` (1 when unset): how many pods lose their data.
     pub replicas: i64,
@@ -164,11 +159,9 @@ pub enum ScanError {
 /// Validated settings of `kube-persist scan`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Only this namespace.
+    /// Only this namespace; `None` scans all.
     pub namespace: Option<String>,
-    /// The policy.
     pub policy: Policy,
-    /// Output format.
     pub output: ScanOutput,
 }
 

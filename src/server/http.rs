@@ -26,9 +26,7 @@ use crate::{
 pub struct WebhookState {
     /// The live policy (swapped on reload).
     pub policy: Arc<ArcSwap<Policy>>,
-    /// Where audit lines go.
     pub audit: AuditSender,
-    /// Metrics.
     pub metrics: WebhookMetrics,
     /// Body limit in bytes.
     pub max_body: usize,

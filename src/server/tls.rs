@@ -27,9 +27,7 @@ pub enum TlsError {
     Read {
         /// `--tls-cert` or `--tls-key`.
         what: &'static str,
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -41,9 +39,7 @@ pub enum TlsError {
     Pem {
         /// `--tls-cert` or `--tls-key`.
         what: &'static str,
-        /// The file.
         path: PathBuf,
-        /// The parser's message.
         message: String,
     },
     /// The key is unusable or does not belong to the certificate.
@@ -51,7 +47,6 @@ pub enum TlsError {
     Key {
         /// The key file.
         path: PathBuf,
-        /// The rustls error.
         #[source]
         source: rustls::Error,
     },
@@ -83,7 +78,6 @@ impl fmt::Debug for PemPair {
 }
 
 impl PemPair {
-    /// Reads both files.
     pub fn read(cert: &Path, key: &Path) -> Result<PemPair, TlsError> {
         let read = |what, path: &Path| {
             std::fs::read(path).map_err(|source| TlsError::Read {
@@ -134,7 +128,6 @@ pub struct CertResolver {
 }
 
 impl CertResolver {
-    /// Starts with `key`.
     pub fn new(key: CertifiedKey) -> Self {
         CertResolver {
             current: ArcSwap::from_pointee(key),

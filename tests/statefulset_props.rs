@@ -8,7 +8,7 @@ mod statefulset_support;
 
 use std::collections::BTreeSet;
 
-use json_patch::PatchOperation;
+use kube_persist::admission::patch::Operation;
 use kube_persist::{
     admission::{Decision, Outcome},
     policy::Policy,
@@ -509,8 +509,8 @@ fn proposed_claims(d: &Decision) -> Vec<String> {
         .map_or(&[][..], |p| &p.0)
         .iter()
         .filter_map(|op| match op {
-            PatchOperation::Add(a) if a.path.as_str() == "/spec/volumeClaimTemplates" => {
-                Some(a.value.as_array().cloned().unwrap_or_default())
+            Operation::Add { path, value } if path.as_str() == "/spec/volumeClaimTemplates" => {
+                serde_json::from_str::<Vec<serde_json::Value>>(value.get()).ok()
             }
             _ => None,
         })

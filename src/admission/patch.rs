@@ -1,25 +1,73 @@
-//! JSON Patch (RFC 6902) operations as `json_patch` values: only `add` and `remove`, parents
-//! added before children, pointers built from tokens by `jsonptr` (which escapes `/` and `~` in
+//! JSON Patch (RFC 6902) operations: only `add` and `remove`, parents added before children,
+//! pointers built from tokens by `jsonptr` (which escapes `/` and `~` in
 //! names). Nothing here ever re-serializes the request object, so fields unknown to us cannot
 //! turn into removals.
 //!
 //! The values the engine adds are typed: [`ClaimSpec`] is the one PersistentVolumeClaim spec
 //! that both a Prometheus-Operator `volumeClaimTemplate` and a StatefulSet claim template carry.
 
-use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
+use json_patch::jsonptr::PointerBuf;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::{policy::StorageSpec, quantity::Quantity};
 
-pub use json_patch::Patch;
+/// A JSON Patch: serializes as the array of operations the API server expects.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Patch(pub Vec<Operation>);
 
-pub fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+/// One operation. A value is kept as the JSON it serializes to, written once from a typed
+/// struct when the operation is made: the response and the audit line copy it (walking and
+/// dropping a `serde_json::Value` tree twice per review cost a fifth of a review's CPU).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Operation {
+    /// `add` of `value` at `path`.
+    Add {
+        /// Where the value goes.
+        path: PointerBuf,
+        /// The value, as JSON.
+        value: Box<RawValue>,
+    },
+    /// `remove` of `path`.
+    Remove {
+        /// What goes.
+        path: PointerBuf,
+    },
 }
 
-pub fn remove(path: PointerBuf) -> PatchOperation {
-    PatchOperation::Remove(RemoveOperation { path })
+impl PartialEq for Operation {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Operation::Add { path, value }, Operation::Add { path: p, value: v }) => {
+                path == p && value.get() == v.get()
+            }
+            (Operation::Remove { path }, Operation::Remove { path: p }) => path == p,
+            _ => false,
+        }
+    }
+}
+
+/// `add` of `value` at `path`.
+pub fn add(path: PointerBuf, value: &impl Serialize) -> Result<Operation, serde_json::Error> {
+    Ok(Operation::Add {
+        path,
+        value: serde_json::value::to_raw_value(value)?,
+    })
+}
+
+/// `remove` of `path`.
+pub fn remove(path: PointerBuf) -> Operation {
+    Operation::Remove { path }
+}
+
+impl Patch {
+    /// The operations as `json_patch` values, to apply them to a document with
+    /// `json_patch::patch`.
+    pub fn to_json_patch(&self) -> Result<json_patch::Patch, serde_json::Error> {
+        serde_json::from_str(&serde_json::to_string(self)?)
+    }
 }
 
 /// The spec of a claim kube-persist adds: class, access modes and size, in the order the
@@ -69,10 +117,11 @@ mod tests {
         let patch = Patch(vec![
             add(
                 PointerBuf::from_tokens(["spec", "storage"]),
-                json!({"a": 1}),
-            ),
+                &json!({"a": 1}),
+            )
+            .unwrap(),
             remove(volume),
-            add(PointerBuf::from_tokens(["x~/y", "-"]), json!("v")),
+            add(PointerBuf::from_tokens(["x~/y", "-"]), &"v").unwrap(),
         ]);
         assert_eq!(
             serde_json::to_value(&patch).unwrap(),
@@ -81,6 +130,11 @@ mod tests {
                 {"op": "remove", "path": "/spec/volumes/2"},
                 {"op": "add", "path": "/x~0~1y/-", "value": "v"}
             ])
+        );
+        let applied = patch.to_json_patch().unwrap();
+        assert_eq!(
+            serde_json::to_value(&applied).unwrap(),
+            serde_json::to_value(&patch).unwrap()
         );
     }
 

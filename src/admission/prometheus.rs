@@ -3,9 +3,8 @@
 //! `volumeClaimTemplate` (and the protective extras the kind's CRD declares), and builds the
 //! `add` operations. Never touches a CR that chose its storage.
 
-use json_patch::{PatchOperation, jsonptr::PointerBuf};
+use json_patch::jsonptr::PointerBuf;
 use serde::{Deserialize, Serialize, de::IgnoredAny};
-use serde_json::Value;
 
 use super::{
     Change, Decision, Ident, Patch, Request, Verdict, gate,
@@ -206,15 +205,29 @@ struct ClaimRetention {
 /// One `add` per field of `additions`, or a single `add` of the whole `spec` when the object has
 /// none.
 fn add_to_spec(additions: &Additions<'_>, has_spec: bool) -> Result<Patch, serde_json::Error> {
-    Ok(Patch(match serde_json::to_value(additions)? {
-        Value::Object(fields) if has_spec => fields
-            .into_iter()
-            .map(|(name, value)| {
-                patch::add(PointerBuf::from_tokens(["spec", name.as_str()]), value)
-            })
-            .collect(),
-        spec => vec![patch::add(PointerBuf::from_tokens(["spec"]), spec)],
-    }))
+    if !has_spec {
+        return Ok(Patch(vec![patch::add(
+            PointerBuf::from_tokens(["spec"]),
+            additions,
+        )?]));
+    }
+    let Additions {
+        storage,
+        persistent_volume_claim_retention_policy: retention_policy,
+        retention_size,
+    } = additions;
+    let field = |name| PointerBuf::from_tokens(["spec", name]);
+    let mut ops = vec![patch::add(field("storage"), storage)?];
+    if let Some(policy) = retention_policy {
+        ops.push(patch::add(
+            field("persistentVolumeClaimRetentionPolicy"),
+            policy,
+        )?);
+    }
+    if let Some(size) = retention_size {
+        ops.push(patch::add(field("retentionSize"), size)?);
+    }
+    Ok(Patch(ops))
 }
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply or `kubectl replace` of the
@@ -240,19 +253,18 @@ fn keep_old_storage(
                 .filter(|_| new.persistent_volume_claim_retention_policy.is_none()),
         ),
     ];
-    // Copied as they were: the API server sent them as JSON, so they parse.
-    let patch = restored
-        .into_iter()
-        .filter_map(|(field, raw)| Some((field, raw?)))
-        .map(|(field, raw)| {
-            let value = serde_json::from_str(raw.get())?;
-            Ok(patch::add(PointerBuf::from_tokens(["spec", field]), value))
-        })
-        .collect::<Result<Vec<PatchOperation>, serde_json::Error>>();
-    let patch = match patch {
-        Ok(operations) => Patch(operations),
-        Err(e) => return Decision::error(format!("cannot restore spec.storage: {e}")),
-    };
+    // Copied as the API server sent them.
+    let patch = Patch(
+        restored
+            .into_iter()
+            .filter_map(|(field, raw)| {
+                Some(patch::Operation::Add {
+                    path: PointerBuf::from_tokens(["spec", field]),
+                    value: raw?.to_owned(),
+                })
+            })
+            .collect(),
+    );
     let (reason, warning, verdict): (_, _, fn(Change) -> Verdict) = match policy
         .mode_for(ident.namespace)
     {

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use json_patch::{PatchOperation, jsonptr::PointerBuf};
+use json_patch::jsonptr::PointerBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -585,7 +585,7 @@ fn operations(
     claims: &[Claim<'_, '_>],
     storage: &StorageSpec<'_>,
 ) -> Result<Patch, serde_json::Error> {
-    let mut ops: Vec<PatchOperation> = plan
+    let mut ops: Vec<patch::Operation> = plan
         .convert
         .iter()
         .rev()
@@ -605,8 +605,8 @@ fn operations(
         .collect();
     ops.push(patch::add(
         PointerBuf::from_tokens(["spec", "volumeClaimTemplates"]),
-        serde_json::to_value(templates)?,
-    ));
+        &templates,
+    )?);
     if let Some(mount) = &plan.mount {
         let data = DataMount {
             name: MOUNT_PATH_CLAIM,
@@ -617,9 +617,9 @@ fn operations(
             ops.push(if t.container.volume_mounts.is_some() {
                 let mut end = mounts;
                 end.push_back("-");
-                patch::add(end, serde_json::to_value(&data)?)
+                patch::add(end, &data)?
             } else {
-                patch::add(mounts, serde_json::to_value([&data])?)
+                patch::add(mounts, &[&data])?
             });
         }
     }

@@ -1,10 +1,9 @@
 //! Helpers shared by the engine's unit tests.
 
 use base64::Engine as _;
-use json_patch::PatchOperation;
 use serde_json::Value;
 
-use super::Decision;
+use super::{Decision, patch::Operation};
 
 /// `add /path` / `remove /path` for each operation, in order.
 pub(crate) fn paths(d: &Decision) -> Vec<String> {
@@ -12,9 +11,8 @@ pub(crate) fn paths(d: &Decision) -> Vec<String> {
         .map_or(&[][..], |p| &p.0)
         .iter()
         .map(|op| match op {
-            PatchOperation::Add(a) => format!("add {}", a.path),
-            PatchOperation::Remove(r) => format!("remove {}", r.path),
-            other => format!("{other:?}"),
+            Operation::Add { path, .. } => format!("add {path}"),
+            Operation::Remove { path } => format!("remove {path}"),
         })
         .collect()
 }

@@ -283,9 +283,10 @@ impl<W: Write, L: Write> Run<'_, W, L> {
         let at_risk = !changes && gap::at_risk(gap.as_ref(), false, create_outcome);
         let before = (config.output == Some(MutateOutput::Diff) && decided.patch().is_some())
             .then(|| object.clone());
-        let applied = decided
-            .patch()
-            .map_or(Ok(()), |patch| json_patch::patch(object, patch));
+        let applied = decided.patch().map_or(Ok(()), |patch| {
+            let patch = patch.to_json_patch().map_err(|e| e.to_string())?;
+            json_patch::patch(object, &patch).map_err(|e| e.to_string())
+        });
         if let Err(e) = applied {
             return self.object_error(
                 label,

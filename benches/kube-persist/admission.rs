@@ -5,31 +5,31 @@
 //! per request) and "serde_json skip (IgnoredAny)": what serde_json needs just to walk the same
 //! bytes, the floor for any decoder that must read the whole body.
 //!
-//! `cargo bench --bench admission` (a few seconds per point; pass e.g.
-//! `-- --measurement-time 10` for tighter intervals, or a filter such as `-- prometheus`).
+//! `cargo bench -- review` (a few seconds per point; a filter such as `-- prometheus` picks
+//! one fixture).
 
 use std::{hint::black_box, time::Duration};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use kube_persist::{admission, audit::AuditRecord, policy::Policy};
 use serde::de::IgnoredAny;
 
 const FIXTURES: [(&str, &[u8]); 3] = [
     (
         "prometheus-5kb",
-        include_bytes!("../tests/fixtures/reviews/a-prometheus.json"),
+        include_bytes!("../../tests/fixtures/reviews/a-prometheus.json"),
     ),
     (
         "sts-7kb",
-        include_bytes!("../tests/fixtures/bench/b-sts-small.json"),
+        include_bytes!("../../tests/fixtures/bench/b-sts-small.json"),
     ),
     (
         "sts-1mb",
-        include_bytes!("../tests/fixtures/bench/c-sts-1mb.json"),
+        include_bytes!("../../tests/fixtures/bench/c-sts-1mb.json"),
     ),
 ];
 
-fn review(c: &mut Criterion) {
+pub fn review(c: &mut Criterion) {
     let policy = Policy::default();
     for (name, body) in FIXTURES {
         // Fail loudly rather than time the wrong path: all three fixtures are mutated.
@@ -77,6 +77,3 @@ fn review(c: &mut Criterion) {
         group.finish();
     }
 }
-
-criterion_group!(benches, review);
-criterion_main!(benches);

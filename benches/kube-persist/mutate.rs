@@ -2,9 +2,9 @@
 //! other kinds, one per file), in process, output discarded.
 //!
 //! ```sh
-//! cargo bench --bench mutate
+//! cargo bench -- mutate
 //! # Only write the manifest set (e.g. to time the release binary with /usr/bin/time -v):
-//! KUBE_PERSIST_BENCH_WRITE=/tmp/manifests KUBE_PERSIST_BENCH_COUNT=1000 cargo bench --bench mutate
+//! KUBE_PERSIST_BENCH_WRITE=/tmp/manifests KUBE_PERSIST_BENCH_COUNT=1000 cargo bench
 //! ```
 
 use std::{
@@ -88,17 +88,26 @@ fn config(dir: PathBuf) -> Config {
     }
 }
 
-fn main() {
-    let count = std::env::var("KUBE_PERSIST_BENCH_COUNT")
+fn count() -> usize {
+    std::env::var("KUBE_PERSIST_BENCH_COUNT")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
-    if let Some(dir) = std::env::var_os("KUBE_PERSIST_BENCH_WRITE") {
-        let dir = PathBuf::from(dir);
-        write_manifests(&dir, count).expect("the manifest set is written");
-        println!("{count} manifests written under {}", dir.display());
-        return;
-    }
+        .unwrap_or(1000)
+}
+
+/// With `KUBE_PERSIST_BENCH_WRITE=DIR`: writes the manifest set there and returns true.
+pub fn write_only() -> bool {
+    let Some(dir) = std::env::var_os("KUBE_PERSIST_BENCH_WRITE") else {
+        return false;
+    };
+    let dir = PathBuf::from(dir);
+    write_manifests(&dir, count()).expect("the manifest set is written");
+    println!("{} manifests written under {}", count(), dir.display());
+    true
+}
+
+pub fn mutate(c: &mut Criterion) {
+    let count = count();
     let dir = tempfile::tempdir().expect("a temporary directory");
     write_manifests(dir.path(), count).expect("the manifest set is written");
     let config = config(dir.path().to_path_buf());
@@ -106,9 +115,10 @@ fn main() {
     assert_eq!(summary.objects, count);
     assert_eq!(summary.errors, 0);
 
-    let mut c = Criterion::default().configure_from_args().sample_size(10);
-    c.bench_function(&format!("mutate {count} manifests"), |b| {
+    let mut group = c.benchmark_group("mutate");
+    group.sample_size(10);
+    group.bench_function(format!("{count} manifests"), |b| {
         b.iter(|| mutate::execute(&config, io::sink(), io::sink()).expect("mutate runs"));
     });
-    c.final_summary();
+    group.finish();
 }

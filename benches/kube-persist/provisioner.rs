@@ -1,8 +1,7 @@
 //! Provisioner benchmarks: the pure plans, a full provision + delete cycle against an in-process
 //! mock API server (tower-test) with a temp directory as the mount, and the usage walk.
 //!
-//! `cargo bench --bench provisioner`. Numbers go in the lead's README, not here.
-#![allow(missing_docs, clippy::unwrap_used)]
+//! `cargo bench -- provisioner`.
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::{
     core::v1::{PersistentVolume, PersistentVolumeClaim, PersistentVolumeStatus},
@@ -63,7 +62,7 @@ fn class(params: &[(&str, &str)]) -> StorageClass {
     c
 }
 
-fn bench_plan(c: &mut Criterion) {
+pub fn bench_plan(c: &mut Criterion) {
     let cfg = config(Path::new("/persistentvolumes"));
     let claim: PersistentVolumeClaim = fixture("pvc-prometheus.json");
     let default_class = class(&[]);
@@ -141,7 +140,7 @@ async fn api_server(
     }
 }
 
-fn bench_cycle(c: &mut Criterion) {
+pub fn bench_cycle(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -250,7 +249,7 @@ fn make_tree(root: &Path, dirs: usize, files: usize, size: usize) {
     }
 }
 
-fn bench_walk(c: &mut Criterion) {
+pub fn bench_walk(c: &mut Criterion) {
     let small = tempfile::tempdir().unwrap();
     make_tree(small.path(), 100, 100, 4096); // 10k files, 40 MiB
     let big = tempfile::tempdir().unwrap();
@@ -272,6 +271,3 @@ fn bench_walk(c: &mut Criterion) {
     });
     group.finish();
 }
-
-criterion_group!(benches, bench_plan, bench_cycle, bench_walk);
-criterion_main!(benches);

@@ -66,8 +66,9 @@ pub struct AuditRecord<'a> {
     pub size: Option<&'a str>,
     /// Where class and size came from.
     pub source: Option<Source>,
-    /// The patch operations (returned, or proposed in audit mode).
-    pub patch: &'a Patch,
+    /// The patch operations (returned, or proposed in audit mode); `[]` when there are none.
+    #[serde(serialize_with = "empty_if_none")]
+    pub patch: Option<&'a Patch>,
     pub warnings: &'a [String],
     /// Time from body received to response encoded.
     pub duration_micros: u64,
@@ -113,7 +114,7 @@ impl<'a> AuditRecord<'a> {
             size: storage.map(|s| s.size.as_str()),
             source: storage.map(|s| s.source),
             // The patch returned, or proposed in audit mode.
-            patch: decision.patch().unwrap_or(&NO_PATCH),
+            patch: decision.patch(),
             warnings: &decision.warnings,
             duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
         }
@@ -136,7 +137,12 @@ pub enum AuditTarget<'p> {
 }
 
 /// The record of a decision without a patch carries an empty one.
-static NO_PATCH: Patch = Patch(Vec::new());
+fn empty_if_none<S: serde::Serializer>(patch: &Option<&Patch>, out: S) -> Result<S::Ok, S::Error> {
+    match patch {
+        Some(patch) => patch.serialize(out),
+        None => out.collect_seq(std::iter::empty::<()>()),
+    }
+}
 
 /// Lines the queue holds: four seconds of a busy webhook (2,000 reviews/s) behind a stalled
 /// output, about 8 MB of typical lines.
@@ -546,8 +552,11 @@ mod tests {
                 assert_eq!(line.iter().position(|b| *b == b'\n'), Some(line.len() - 1));
                 let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
                 assert_eq!(value["ts"], ts.to_string());
-                let patch = reviewed.decision.patch().cloned().unwrap_or_default();
-                assert_eq!(value["patch"], serde_json::to_value(patch).unwrap());
+                let patch = reviewed
+                    .decision
+                    .patch()
+                    .map_or(serde_json::json!([]), |p| serde_json::to_value(p).unwrap());
+                assert_eq!(value["patch"], patch);
             }
         }
     }

@@ -621,7 +621,7 @@ mod tests {
     }
 
     /// A policy file that spells out every default.
-    const SPEC_EXAMPLE: &str = r#"
+    const EVERY_DEFAULT: &str = r#"
 mode: enforce                       # enforce | audit
 storageClassName: prometheus-data-db
 size: 100Gi
@@ -654,8 +654,8 @@ statefulSets:
     }
 
     #[test]
-    fn defaults_equal_the_spec_example_and_the_empty_file() {
-        let example = Policy::from_yaml(SPEC_EXAMPLE, "example").unwrap();
+    fn defaults_equal_the_explicit_example_and_the_empty_file() {
+        let example = Policy::from_yaml(EVERY_DEFAULT, "example").unwrap();
         assert_same(&Policy::default(), &example);
         assert_same(&Policy::from_yaml("", "empty").unwrap(), &example);
         assert_same(

@@ -910,7 +910,7 @@ fn the_image_is_tagged_with_the_crate_version() {
     }
 }
 
-/// The five target kinds: (group, version, resource), from SPEC section 2.
+/// The five target kinds: (group, version, resource).
 const TARGETS: &[(&str, &str, &str)] = &[
     ("monitoring.coreos.com", "v1", "prometheuses"),
     ("monitoring.coreos.com", "v1alpha1", "prometheusagents"),
@@ -1450,7 +1450,7 @@ fn the_alerts_cover_webhook_errors_latency_provisioning_and_volume_usage() {
     let exprs: Vec<&str> = rule.alerts().map(|r| r.expr.as_str()).collect();
     let covered = |metric: &str| exprs.iter().any(|e| e.contains(metric));
     for metric in [
-        // webhook errors and latency (the server's metrics, STYLE section 5)
+        // webhook errors and latency (the server's metrics)
         "kube_persist_admission_requests_total",
         "kube_persist_admission_duration_seconds_bucket",
         // calls that never reached the server, as counted by the API server

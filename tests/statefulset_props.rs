@@ -8,7 +8,7 @@ mod statefulset_support;
 
 use std::collections::BTreeSet;
 
-use kube_persist::admission::patch::Operation;
+use json_patch::PatchOperation;
 use kube_persist::{
     admission::{Decision, Outcome},
     policy::Policy,
@@ -505,12 +505,13 @@ proptest! {
 
 /// The names of the claim templates a decision adds (or would add, in audit mode).
 fn proposed_claims(d: &Decision) -> Vec<String> {
-    d.patch()
-        .map_or(&[][..], |p| &p.0)
+    let patch = d.patch().map(|p| p.to_json_patch().expect("a JSON Patch"));
+    patch
         .iter()
+        .flat_map(|p| &p.0)
         .filter_map(|op| match op {
-            Operation::Add { path, value } if path.as_str() == "/spec/volumeClaimTemplates" => {
-                serde_json::from_str::<Vec<serde_json::Value>>(value.get()).ok()
+            PatchOperation::Add(a) if a.path.as_str() == "/spec/volumeClaimTemplates" => {
+                Some(a.value.as_array().cloned().unwrap_or_default())
             }
             _ => None,
         })

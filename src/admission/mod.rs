@@ -16,6 +16,7 @@ use std::{borrow::Cow, fmt};
 
 use base64::Engine as _;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::policy::{
     self, AnnotationError, Mode, Overrides, Policy, Source, StorageSpec, parse_bool_annotation,
@@ -583,7 +584,7 @@ pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
         Verdict::WouldMutate(change) => (None, change.storage.as_ref()),
         _ => (None, None),
     };
-    let patch = patch.filter(|p| !p.0.is_empty());
+    let patch = patch.filter(|p| !p.is_empty());
     let review = ReviewOut {
         api_version,
         kind: "AdmissionReview",
@@ -653,8 +654,16 @@ struct AuditAnnotations {
 }
 
 fn patch_base64<S: serde::Serializer>(patch: &Option<&Patch>, out: S) -> Result<S::Ok, S::Error> {
-    let json = serde_json::to_vec(patch).map_err(serde::ser::Error::custom)?;
-    out.serialize_str(&base64::engine::general_purpose::STANDARD.encode(json))
+    let json = patch.map_or("[]", |p| p.json());
+    // Written as a raw JSON string: base64 never needs escaping, and serde_json escapes a string
+    // byte by byte (callgrind, 5 KB Prometheus: 2,600 of 162,000 instructions per review).
+    let mut text = String::with_capacity(json.len() * 4 / 3 + 8);
+    text.push('"');
+    base64::engine::general_purpose::STANDARD.encode_string(json, &mut text);
+    text.push('"');
+    RawValue::from_string(text)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(out)
 }
 
 #[cfg(test)]

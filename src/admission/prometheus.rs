@@ -3,7 +3,7 @@
 //! `volumeClaimTemplate` (and the protective extras the kind's CRD declares), and builds the
 //! `add` operations. Never touches a CR that chose its storage.
 
-use json_patch::jsonptr::PointerBuf;
+use json_patch::jsonptr::{Pointer, PointerBuf};
 use serde::{Deserialize, Serialize, de::IgnoredAny};
 
 use super::{
@@ -206,28 +206,26 @@ struct ClaimRetention {
 /// none.
 fn add_to_spec(additions: &Additions<'_>, has_spec: bool) -> Result<Patch, serde_json::Error> {
     if !has_spec {
-        return Ok(Patch(vec![patch::add(
-            PointerBuf::from_tokens(["spec"]),
-            additions,
-        )?]));
+        return Patch::new(&[patch::add(PointerBuf::from_tokens(["spec"]), additions)?]);
     }
     let Additions {
         storage,
         persistent_volume_claim_retention_policy: retention_policy,
         retention_size,
     } = additions;
-    let field = |name| PointerBuf::from_tokens(["spec", name]);
-    let mut ops = vec![patch::add(field("storage"), storage)?];
+    // Checked when compiled: no escaping to do at run time.
+    const STORAGE: &Pointer = Pointer::from_static("/spec/storage");
+    const RETENTION_POLICY: &Pointer =
+        Pointer::from_static("/spec/persistentVolumeClaimRetentionPolicy");
+    const RETENTION_SIZE: &Pointer = Pointer::from_static("/spec/retentionSize");
+    let mut ops = vec![patch::add(STORAGE.to_buf(), storage)?];
     if let Some(policy) = retention_policy {
-        ops.push(patch::add(
-            field("persistentVolumeClaimRetentionPolicy"),
-            policy,
-        )?);
+        ops.push(patch::add(RETENTION_POLICY.to_buf(), policy)?);
     }
     if let Some(size) = retention_size {
-        ops.push(patch::add(field("retentionSize"), size)?);
+        ops.push(patch::add(RETENTION_SIZE.to_buf(), size)?);
     }
-    Ok(Patch(ops))
+    Patch::new(&ops)
 }
 
 /// An UPDATE that drops `spec.storage` (e.g. server-side apply or `kubectl replace` of the
@@ -254,17 +252,19 @@ fn keep_old_storage(
         ),
     ];
     // Copied as the API server sent them.
-    let patch = Patch(
-        restored
-            .into_iter()
-            .filter_map(|(field, raw)| {
-                Some(patch::Operation::Add {
-                    path: PointerBuf::from_tokens(["spec", field]),
-                    value: raw?.to_owned(),
-                })
+    let operations: Vec<_> = restored
+        .into_iter()
+        .filter_map(|(field, raw)| {
+            Some(patch::Operation::Add {
+                path: PointerBuf::from_tokens(["spec", field]),
+                value: raw?.to_owned(),
             })
-            .collect(),
-    );
+        })
+        .collect();
+    let patch = match Patch::new(&operations) {
+        Ok(patch) => patch,
+        Err(e) => return Decision::error(format!("cannot restore spec.storage: {e}")),
+    };
     let (reason, warning, verdict): (_, _, fn(Change) -> Verdict) = match policy
         .mode_for(ident.namespace)
     {

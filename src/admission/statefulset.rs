@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use json_patch::jsonptr::PointerBuf;
+use json_patch::jsonptr::{Pointer, PointerBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -571,7 +571,7 @@ struct DataMount<'a> {
 
 /// `spec.template.spec.` followed by `tokens`.
 fn pod_path<'t>(tokens: impl IntoIterator<Item = json_patch::jsonptr::Token<'t>>) -> PointerBuf {
-    let mut path = PointerBuf::from_tokens(["spec", "template", "spec"]);
+    let mut path = Pointer::from_static("/spec/template/spec").to_buf();
     for token in tokens {
         path.push_back(token);
     }
@@ -604,7 +604,7 @@ fn operations(
         })
         .collect();
     ops.push(patch::add(
-        PointerBuf::from_tokens(["spec", "volumeClaimTemplates"]),
+        Pointer::from_static("/spec/volumeClaimTemplates").to_buf(),
         &templates,
     )?);
     if let Some(mount) = &plan.mount {
@@ -623,7 +623,7 @@ fn operations(
             });
         }
     }
-    Ok(Patch(ops))
+    Patch::new(&ops)
 }
 
 fn controller_owner<'m>(meta: &'m MetaView<'_>) -> Option<&'m OwnerRefView<'m>> {

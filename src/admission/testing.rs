@@ -3,16 +3,20 @@
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::{Decision, patch::Operation};
+use json_patch::PatchOperation;
+
+use super::Decision;
 
 /// `add /path` / `remove /path` for each operation, in order.
 pub(crate) fn paths(d: &Decision) -> Vec<String> {
-    d.patch()
-        .map_or(&[][..], |p| &p.0)
+    let patch = d.patch().map(|p| p.to_json_patch().unwrap());
+    patch
         .iter()
+        .flat_map(|p| &p.0)
         .map(|op| match op {
-            Operation::Add { path, .. } => format!("add {path}"),
-            Operation::Remove { path } => format!("remove {path}"),
+            PatchOperation::Add(a) => format!("add {}", a.path),
+            PatchOperation::Remove(r) => format!("remove {}", r.path),
+            other => format!("{other:?}"),
         })
         .collect()
 }

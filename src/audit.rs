@@ -5,7 +5,7 @@
 //! operations. A request handler serializes its record ([`AuditSender::record`]) and puts the
 //! line on a bounded queue; one thread ([`AuditLog`]) takes the lines off the queue and writes
 //! them, in order, to standard output or a file: a line that arrives after a quiet spell at once,
-//! the lines of a busy webhook together, every 20 ms.
+//! the lines of a busy webhook together, every 5 ms.
 //!
 //! What it must not do is make a review wait. Only the writer thread touches the output, so a
 //! slow, hung or full disk stalls that thread alone; a handler that finds the queue full drops
@@ -150,7 +150,7 @@ const QUEUE_LINES: usize = 8192;
 /// The writer writes at the latest when it has taken this much off the queue.
 const BATCH_BYTES: usize = 64 * 1024;
 /// After a write, the writer rests this long before it looks at the queue again.
-const PAUSE: Duration = Duration::from_millis(20);
+const PAUSE: Duration = Duration::from_millis(5);
 /// How often the writer checks whether the log file was renamed or removed (rotated).
 const REOPEN_CHECK: Duration = Duration::from_secs(1);
 /// Lost lines and output errors are logged at most this often.

@@ -36,18 +36,6 @@ pub enum Operation {
     },
 }
 
-impl PartialEq for Operation {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Operation::Add { path, value }, Operation::Add { path: p, value: v }) => {
-                path == p && value.get() == v.get()
-            }
-            (Operation::Remove { path }, Operation::Remove { path: p }) => path == p,
-            _ => false,
-        }
-    }
-}
-
 /// `add` of `value` at `path`.
 pub fn add(path: PointerBuf, value: &impl Serialize) -> Result<Operation, serde_json::Error> {
     Ok(Operation::Add {

@@ -40,7 +40,8 @@ use crate::{
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord<'a> {
     /// When the decision was made (RFC 3339, UTC).
-    pub ts: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: jiff::Timestamp,
     pub uid: &'a str,
     pub decision: Outcome,
     pub reason: &'a str,
@@ -89,7 +90,7 @@ impl<'a> AuditRecord<'a> {
         };
         let storage = decision.storage();
         AuditRecord {
-            ts: ts.to_string(),
+            ts,
             uid: &req.uid,
             decision: decision.outcome(),
             reason: decision.reason(),
@@ -123,7 +124,7 @@ impl<'a> AuditRecord<'a> {
     /// Appends the record to `out` as one JSON line: serde_json's form of the record, then a
     /// newline.
     pub fn write_line(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        serde_json::to_writer(&mut *out, self)?;
+        crate::json::write(out, self)?;
         out.push(b'\n');
         Ok(())
     }
@@ -134,6 +135,11 @@ pub enum AuditTarget<'p> {
     Stdout,
     /// A file, appended to, and opened again when it is rotated.
     File(&'p Path),
+}
+
+/// `2026-12-03T16:11:51.018541429Z`, written straight into the line.
+fn rfc3339<S: serde::Serializer>(ts: &jiff::Timestamp, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_str(ts)
 }
 
 /// The record of a decision without a patch carries an empty one.

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod commands;
+mod json;
 pub mod metrics;
 pub mod policy;
 pub mod provisioner;

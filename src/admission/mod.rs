@@ -12,11 +12,13 @@ pub mod prometheus;
 pub mod statefulset;
 pub mod view;
 
-use std::{borrow::Cow, fmt};
+use std::{
+    borrow::Cow,
+    fmt::{self, Write as _},
+};
 
 use base64::Engine as _;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::policy::{
     self, AnnotationError, Mode, Overrides, Policy, Source, StorageSpec, parse_bool_annotation,
@@ -266,7 +268,9 @@ impl fmt::Display for Ident<'_> {
         } = self;
         let slash = if namespace.is_empty() { "" } else { "/" };
         let star = if *generated { "*" } else { "" };
-        write!(f, "{kind} {namespace}{slash}{name}{star}")
+        [kind, " ", namespace, slash, name, star]
+            .into_iter()
+            .try_for_each(|part| f.write_str(part))
     }
 }
 
@@ -442,8 +446,8 @@ pub(crate) fn propose(
     let mode = policy.mode_for(ident.namespace);
     let change = Change {
         reason: match mode {
-            Mode::Enforce => format!("added {what}{details}"),
-            Mode::Audit => format!("audit mode: would add {what}{details}"),
+            Mode::Enforce => ["added ", what, details].concat(),
+            Mode::Audit => ["audit mode: would add ", what, details].concat(),
         },
         patch,
         storage: Some(AddedStorage {
@@ -469,7 +473,12 @@ pub(crate) fn added_line(ident: &Ident<'_>, mode: Mode, what: &str, class: &str)
         Mode::Enforce => "added",
         Mode::Audit => "audit mode, would add",
     };
-    format!("kube-persist: {verb} {what} on StorageClass {class} ({ident})")
+    let mut line = String::with_capacity(128);
+    let _ = write!(
+        line,
+        "kube-persist: {verb} {what} on StorageClass {class} ({ident})"
+    );
+    line
 }
 
 /// Cuts `text` to [`MAX_WARNING_LEN`] characters (on a character boundary).
@@ -601,12 +610,16 @@ pub fn encode(api_version: &str, uid: &str, decision: &Decision) -> Vec<u8> {
             warnings: &decision.warnings,
             audit_annotations: AuditAnnotations {
                 decision: decision.outcome(),
-                storage: storage.map(|s| format!("{}/{}", s.storage_class_name, s.size)),
+                storage: storage
+                    .map(|s| [s.storage_class_name.as_str(), "/", s.size.as_str()].concat()),
             },
         },
     };
+    // Room for a typical response, so the buffer is not grown while it is written.
+    let mut out = Vec::with_capacity(512 + patch.map_or(0, |p| p.json().len() * 4 / 3));
     // Strings, booleans and JSON values: writing them to a Vec cannot fail.
-    serde_json::to_vec(&review).unwrap_or_default()
+    let _ = crate::json::write(&mut out, &review);
+    out
 }
 
 /// The AdmissionReview response, field for field as the API server reads it.
@@ -655,15 +668,7 @@ struct AuditAnnotations {
 
 fn patch_base64<S: serde::Serializer>(patch: &Option<&Patch>, out: S) -> Result<S::Ok, S::Error> {
     let json = patch.map_or("[]", |p| p.json());
-    // Written as a raw JSON string: base64 never needs escaping, and serde_json escapes a string
-    // byte by byte (callgrind, 5 KB Prometheus: 2,600 of 162,000 instructions per review).
-    let mut text = String::with_capacity(json.len() * 4 / 3 + 8);
-    text.push('"');
-    base64::engine::general_purpose::STANDARD.encode_string(json, &mut text);
-    text.push('"');
-    RawValue::from_string(text)
-        .map_err(serde::ser::Error::custom)?
-        .serialize(out)
+    out.serialize_str(&base64::engine::general_purpose::STANDARD.encode(json))
 }
 
 #[cfg(test)]

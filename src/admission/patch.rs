@@ -8,7 +8,6 @@
 
 use json_patch::jsonptr::PointerBuf;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::{policy::StorageSpec, quantity::Quantity};
 
@@ -16,48 +15,43 @@ use crate::{policy::StorageSpec, quantity::Quantity};
 /// [`Operation`]s, and copied into the response and the audit line (building, serializing twice
 /// and dropping a `serde_json::Value` tree per review cost a fifth of a review's instructions).
 #[derive(Debug, Clone)]
-pub struct Patch(Box<RawValue>);
+pub struct Patch(String);
 
-/// One operation, its value written as JSON when the operation is made.
+/// One operation; `V` is the type of the values the patch adds (an enum of the engine's typed
+/// values, or `&RawValue` for values copied from the request), so the whole patch is written in
+/// one pass.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
-pub enum Operation {
+pub enum Operation<V> {
     /// `add` of `value` at `path`.
-    Add {
-        /// Where the value goes.
-        path: PointerBuf,
-        /// The value, as JSON.
-        value: Box<RawValue>,
-    },
+    Add { path: PointerBuf, value: V },
     /// `remove` of `path`.
-    Remove {
-        /// What goes.
-        path: PointerBuf,
-    },
+    Remove { path: PointerBuf },
 }
 
 /// `add` of `value` at `path`.
-pub fn add(path: PointerBuf, value: &impl Serialize) -> Result<Operation, serde_json::Error> {
-    Ok(Operation::Add {
-        path,
-        value: serde_json::value::to_raw_value(value)?,
-    })
+pub fn add<V>(path: PointerBuf, value: V) -> Operation<V> {
+    Operation::Add { path, value }
 }
 
 /// `remove` of `path`.
-pub fn remove(path: PointerBuf) -> Operation {
+pub fn remove<V>(path: PointerBuf) -> Operation<V> {
     Operation::Remove { path }
 }
 
 impl Patch {
     /// The patch of `operations`, in order.
-    pub fn new(operations: &[Operation]) -> Result<Patch, serde_json::Error> {
-        serde_json::value::to_raw_value(operations).map(Patch)
+    pub fn new<V: Serialize>(operations: &[Operation<V>]) -> Result<Patch, serde_json::Error> {
+        let mut json = Vec::with_capacity(512);
+        crate::json::write(&mut json, operations)?;
+        String::from_utf8(json)
+            .map(Patch)
+            .map_err(serde::ser::Error::custom)
     }
 
     /// The JSON array of the operations.
     pub fn json(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// Whether the patch has no operation.
@@ -74,7 +68,7 @@ impl Patch {
 
 impl Serialize for Patch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        crate::json::Raw(&self.0).serialize(serializer)
     }
 }
 
@@ -131,11 +125,10 @@ mod tests {
         let patch = Patch::new(&[
             add(
                 PointerBuf::from_tokens(["spec", "storage"]),
-                &json!({"a": 1}),
-            )
-            .unwrap(),
+                json!({"a": 1}),
+            ),
             remove(volume),
-            add(PointerBuf::from_tokens(["x~/y", "-"]), &"v").unwrap(),
+            add(PointerBuf::from_tokens(["x~/y", "-"]), json!("v")),
         ])
         .unwrap();
         assert_eq!(

@@ -167,7 +167,7 @@ pub fn decide(
         Ok(patch) => patch,
         Err(e) => return Decision::error(format!("cannot build the patch: {e}")),
     };
-    let what = format!("{} volume", storage.size.as_str());
+    let what = [storage.size.as_str(), " volume"].concat();
     propose(&ident, policy, storage, patch, &what, "", gate.warnings)
 }
 
@@ -202,11 +202,24 @@ struct ClaimRetention {
     when_scaled: &'static str,
 }
 
+/// A value the patch adds: the whole `spec`, or one of its fields.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Added<'a> {
+    Spec(&'a Additions<'a>),
+    Storage(&'a Storage<'a>),
+    RetentionPolicy(&'a ClaimRetention),
+    RetentionSize(&'a str),
+}
+
 /// One `add` per field of `additions`, or a single `add` of the whole `spec` when the object has
 /// none.
 fn add_to_spec(additions: &Additions<'_>, has_spec: bool) -> Result<Patch, serde_json::Error> {
     if !has_spec {
-        return Patch::new(&[patch::add(PointerBuf::from_tokens(["spec"]), additions)?]);
+        return Patch::new(&[patch::add(
+            PointerBuf::from_tokens(["spec"]),
+            Added::Spec(additions),
+        )]);
     }
     let Additions {
         storage,
@@ -218,12 +231,19 @@ fn add_to_spec(additions: &Additions<'_>, has_spec: bool) -> Result<Patch, serde
     const RETENTION_POLICY: &Pointer =
         Pointer::from_static("/spec/persistentVolumeClaimRetentionPolicy");
     const RETENTION_SIZE: &Pointer = Pointer::from_static("/spec/retentionSize");
-    let mut ops = vec![patch::add(STORAGE.to_buf(), storage)?];
+    let mut ops = Vec::with_capacity(3);
+    ops.push(patch::add(STORAGE.to_buf(), Added::Storage(storage)));
     if let Some(policy) = retention_policy {
-        ops.push(patch::add(RETENTION_POLICY.to_buf(), policy)?);
+        ops.push(patch::add(
+            RETENTION_POLICY.to_buf(),
+            Added::RetentionPolicy(policy),
+        ));
     }
     if let Some(size) = retention_size {
-        ops.push(patch::add(RETENTION_SIZE.to_buf(), size)?);
+        ops.push(patch::add(
+            RETENTION_SIZE.to_buf(),
+            Added::RetentionSize(size),
+        ));
     }
     Patch::new(&ops)
 }
@@ -254,12 +274,7 @@ fn keep_old_storage(
     // Copied as the API server sent them.
     let operations: Vec<_> = restored
         .into_iter()
-        .filter_map(|(field, raw)| {
-            Some(patch::Operation::Add {
-                path: PointerBuf::from_tokens(["spec", field]),
-                value: raw?.to_owned(),
-            })
-        })
+        .filter_map(|(field, raw)| Some(patch::add(PointerBuf::from_tokens(["spec", field]), raw?)))
         .collect();
     let patch = match Patch::new(&operations) {
         Ok(patch) => patch,

@@ -578,6 +578,15 @@ fn pod_path<'t>(tokens: impl IntoIterator<Item = json_patch::jsonptr::Token<'t>>
     path
 }
 
+/// A value the patch adds.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Added<'a> {
+    Templates(&'a [ClaimTemplate<'a>]),
+    Mount(&'a DataMount<'a>),
+    Mounts([&'a DataMount<'a>; 1]),
+}
+
 /// The operations: `remove` the converted volumes from the highest index down (so the indices
 /// stay valid), `add` the claim templates, then `add` the new mounts.
 fn operations(
@@ -585,7 +594,7 @@ fn operations(
     claims: &[Claim<'_, '_>],
     storage: &StorageSpec<'_>,
 ) -> Result<Patch, serde_json::Error> {
-    let mut ops: Vec<patch::Operation> = plan
+    let mut ops: Vec<patch::Operation<Added<'_>>> = plan
         .convert
         .iter()
         .rev()
@@ -603,23 +612,23 @@ fn operations(
             spec: ClaimSpec::new(storage, &c.size),
         })
         .collect();
+    let data = plan.mount.as_ref().map(|mount| DataMount {
+        name: MOUNT_PATH_CLAIM,
+        mount_path: mount.path,
+    });
     ops.push(patch::add(
         Pointer::from_static("/spec/volumeClaimTemplates").to_buf(),
-        &templates,
-    )?);
-    if let Some(mount) = &plan.mount {
-        let data = DataMount {
-            name: MOUNT_PATH_CLAIM,
-            mount_path: mount.path,
-        };
+        Added::Templates(&templates),
+    ));
+    if let (Some(mount), Some(data)) = (&plan.mount, &data) {
         for t in &mount.targets {
             let mounts = pod_path([t.list.field().into(), t.index.into(), "volumeMounts".into()]);
             ops.push(if t.container.volume_mounts.is_some() {
                 let mut end = mounts;
                 end.push_back("-");
-                patch::add(end, &data)?
+                patch::add(end, Added::Mount(data))
             } else {
-                patch::add(mounts, &[&data])?
+                patch::add(mounts, Added::Mounts([data]))
             });
         }
     }

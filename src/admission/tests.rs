@@ -743,21 +743,20 @@ fn object_names_read_the_same_however_they_are_written() {
 
 #[test]
 fn responses_have_the_fields_the_api_server_reads_in_order() {
-    let mutated = Decision::of(Verdict::Mutate(Change {
-        reason: "added".to_string(),
-        patch: Patch::new(
-            &[patch::remove(json_patch::jsonptr::PointerBuf::from_tokens(
-                ["a/b"],
-            ))],
-        )
-        .unwrap(),
-        storage: Some(AddedStorage {
-            storage_class_name: "nfs".to_string(),
-            size: "1Gi".to_string(),
-            source: Source::Default,
-        }),
-    }))
-    .warn("w \"1\"");
+    let mutated =
+        Decision::of(Verdict::Mutate(Change {
+            reason: "added".to_string(),
+            patch: Patch::new::<()>(&[patch::remove(
+                json_patch::jsonptr::PointerBuf::from_tokens(["a/b"]),
+            )])
+            .unwrap(),
+            storage: Some(AddedStorage {
+                storage_class_name: "nfs".to_string(),
+                size: "1Gi".to_string(),
+                source: Source::Default,
+            }),
+        }))
+        .warn("w \"1\"");
     let patch =
         base64::engine::general_purpose::STANDARD.encode(r#"[{"op":"remove","path":"/a~1b"}]"#);
     assert_eq!(

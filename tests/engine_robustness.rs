@@ -1,5 +1,6 @@
-//! The engine never panics: arbitrary bytes, and real reviews with arbitrary JSON spliced into
-//! the places the engine reads (object, metadata, annotations, spec fields, volumes).
+//! The engine never panics and never returns a patch that cannot apply: arbitrary bytes, and
+//! real reviews with arbitrary JSON spliced into the places the engine reads (object, metadata,
+//! annotations, spec fields, volumes).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -88,6 +89,79 @@ proptest! {
             // Whatever was decided, the answer is a well-formed review with the request's uid.
             let answer: Value = serde_json::from_slice(&reviewed.response).unwrap();
             prop_assert_eq!(&answer["response"]["uid"], &Value::String(reviewed.request.uid.to_string()));
+            if let Some(patch) = reviewed.decision.patch() {
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                let mut object = request["request"]["object"].clone();
+                let applied = json_patch::patch(&mut object, &patch.to_json_patch().unwrap());
+                prop_assert!(applied.is_ok(), "{} on {}: {:?}", patch.json(), request["request"]["object"], applied);
+            }
         }
+    }
+}
+
+/// An array where the engine expects an object is an `error` decision, allowed unchanged: serde
+/// would read it as a struct (fields by position) and the patch made for it cannot apply.
+#[test]
+fn arrays_where_objects_belong_are_errors_not_patches() {
+    let cases = [
+        (
+            "reviews/a-prometheus.json",
+            "/request/object",
+            Value::Array(vec![]),
+        ),
+        (
+            "reviews/a-prometheus.json",
+            "/request/object/spec",
+            Value::Array(vec![]),
+        ),
+        (
+            "reviews/a-prometheus.json",
+            "/request/object/metadata",
+            Value::Array(vec![]),
+        ),
+        (
+            "bench/b-sts-small.json",
+            "/request/object/spec",
+            Value::Array(vec![]),
+        ),
+        (
+            "bench/b-sts-small.json",
+            "/request/object/spec/template",
+            Value::Array(vec![]),
+        ),
+        (
+            "bench/b-sts-small.json",
+            "/request/object/spec/template/spec",
+            Value::Array(vec![]),
+        ),
+    ];
+    for (fixture, place, value) in cases {
+        let base: Value = serde_json::from_slice(&common::fixture(fixture)).unwrap();
+        let body = serde_json::to_vec(&splice(&base, place, value)).unwrap();
+        let reviewed = review(&body, &Policy::default()).unwrap();
+        assert_eq!(
+            reviewed.decision.outcome().as_str(),
+            "error",
+            "{fixture} {place}"
+        );
+        let answer: Value = serde_json::from_slice(&reviewed.response).unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{fixture} {place}");
+        assert!(
+            answer["response"].get("patch").is_none(),
+            "{fixture} {place}: {answer}"
+        );
+    }
+    // Array elements: a volume and a container that are arrays.
+    let base: Value = serde_json::from_slice(&common::fixture("bench/b-sts-small.json")).unwrap();
+    for list in ["volumes", "containers"] {
+        let mut doc = base.clone();
+        let items = doc
+            .pointer_mut(&format!("/request/object/spec/template/spec/{list}"))
+            .and_then(Value::as_array_mut)
+            .unwrap();
+        items[0] = serde_json::json!(["data", {}]);
+        let body = serde_json::to_vec(&doc).unwrap();
+        let reviewed = review(&body, &Policy::default()).unwrap();
+        assert_eq!(reviewed.decision.outcome().as_str(), "error", "{list}");
     }
 }

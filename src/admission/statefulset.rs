@@ -40,7 +40,7 @@ pub const MOUNT_PATH_CLAIM: &str = "data";
 /// `spec.template`.
 #[derive(Debug, Default, Deserialize)]
 pub struct PodTemplateView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::object")]
     pub spec: Option<PodSpecView<'a>>,
 }
 
@@ -48,11 +48,11 @@ pub struct PodTemplateView<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::objects")]
     pub volumes: Option<Vec<VolumeView<'a>>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::objects")]
     pub containers: Option<Vec<ContainerView<'a>>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::objects")]
     pub init_containers: Option<Vec<ContainerView<'a>>>,
 }
 
@@ -62,7 +62,7 @@ pub struct VolumeView<'a> {
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
     /// Set when the volume is an emptyDir.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::object")]
     pub empty_dir: Option<EmptyDirView<'a>>,
 }
 
@@ -81,7 +81,7 @@ pub struct EmptyDirView<'a> {
 pub struct ContainerView<'a> {
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::view::objects")]
     pub volume_mounts: Option<Vec<MountView<'a>>>,
 }
 

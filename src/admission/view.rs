@@ -51,10 +51,10 @@ pub struct Request<'a> {
     #[serde(borrow, default)]
     pub user_info: UserInfo<'a>,
     /// The object after the change.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub object: Option<ObjectView<'a>>,
     /// The object before an UPDATE.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub old_object: Option<OldObjectView<'a>>,
     /// Dry run: answered like any other, marked in the audit record.
     #[serde(default)]
@@ -182,9 +182,9 @@ impl<'de> Deserialize<'de> for Operation {
 /// what any of the kinds needs; each kind reads its own part.
 #[derive(Debug, Default, Deserialize)]
 pub struct ObjectView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub metadata: Option<MetaView<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub spec: Option<SpecView<'a>>,
 }
 
@@ -194,7 +194,7 @@ pub struct ObjectView<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct SpecView<'a> {
     /// Prometheus-Operator CRs: `spec.storage`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub storage: Option<StorageView>,
     /// PrometheusAgent: `spec.mode` (`StatefulSet` or `DaemonSet`).
     #[serde(borrow, default, deserialize_with = "borrow_opt")]
@@ -209,14 +209,14 @@ pub struct SpecView<'a> {
     #[serde(default)]
     pub volume_claim_templates: Option<ArrayLen>,
     /// StatefulSet: `spec.template`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub template: Option<PodTemplateView<'a>>,
 }
 
 /// `oldObject`: only whether it had storage, and that storage (with its extras) as raw JSON.
 #[derive(Debug, Default, Deserialize)]
 pub struct OldObjectView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub spec: Option<OldSpecView<'a>>,
 }
 
@@ -248,7 +248,7 @@ pub struct MetaView<'a> {
     #[serde(borrow, default)]
     pub annotations: Option<Annotations<'a>>,
     /// Owner references (controller flag only).
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "objects")]
     pub owner_references: Option<Vec<OwnerRefView<'a>>>,
 }
 
@@ -312,6 +312,57 @@ fn strip_prefix(key: Cow<'_, str>) -> Option<Cow<'_, str>> {
         Cow::Owned(k) => k
             .strip_prefix(ANNOTATION_PREFIX)
             .map(|n| Cow::Owned(n.to_string())),
+    }
+}
+
+/// An optional JSON object. Serde's derived structs also accept an array (fields by position),
+/// which would read `"spec": []` as an empty spec and make a patch that cannot apply; here an
+/// array is an error, so the request is answered unchanged.
+pub(crate) fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Obj<T>>::deserialize(d)?.map(|Obj(t)| t))
+}
+
+/// An optional array of JSON objects (see [`object`]).
+pub(crate) fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    Ok(Option::<Vec<Obj<T>>>::deserialize(d)?.map(|v| v.into_iter().map(|Obj(t)| t).collect()))
+}
+
+/// A struct read from a JSON object only.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(MapOnly(d)).map(Obj)
+    }
+}
+
+/// Asks for a map where a derived struct asks for a struct (a map or an array).
+struct MapOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
     }
 }
 

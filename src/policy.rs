@@ -187,6 +187,11 @@ pub enum PolicyError {
         /// The parser's message (with line and column).
         message: String,
     },
+    /// A reloaded file with no settings (empty, or only comments).
+    #[error(
+        "policy file {path} has no settings (empty, or only comments): the previous policy stays; write `{{}}` to mean the defaults"
+    )]
+    Blank { path: String },
     /// A field has an invalid value.
     #[error("policy field `{field}`: {problem}")]
     Invalid {
@@ -215,6 +220,22 @@ impl Policy {
             source,
         })?;
         Policy::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates a policy file that replaces a running policy. A file with no settings
+    /// is refused here, where [`Policy::from_yaml`] reads it as the defaults: a file being
+    /// rewritten can be seen empty for a moment, and no one empties a policy to reset it.
+    pub fn from_reloaded_yaml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let blank = text
+            .lines()
+            .map(str::trim)
+            .all(|line| line.is_empty() || line.starts_with('#') || line == "---" || line == "...");
+        if blank {
+            return Err(PolicyError::Blank {
+                path: origin.to_string(),
+            });
+        }
+        Policy::from_yaml(text, origin)
     }
 
     /// Parses and validates policy YAML; `origin` names the source in error messages.
@@ -252,10 +273,13 @@ impl Policy {
             size: validate_size("size", &size)?,
             access_modes: validate_access_modes("accessModes", access_modes)?,
         };
-        if !(0.0..1.0).contains(&retention_size_ratio) {
+        if !(retention_size_ratio == 0.0 || (0.01..1.0).contains(&retention_size_ratio)) {
             return Err(invalid(
                 "retentionSizeRatio",
-                format!("{retention_size_ratio} must be at least 0 and below 1 (0 disables)"),
+                format!(
+                    "{retention_size_ratio} must be 0 (off) or at least 0.01 and below 1 \
+                     (a smaller share of the volume would let Prometheus keep almost nothing)"
+                ),
             ));
         }
         for (i, ns) in exclude_namespaces.iter().enumerate() {
@@ -388,15 +412,22 @@ impl Policy {
             }
         }
         if let Some(value) = overrides.size {
-            match Quantity::parse(value) {
-                Ok(q) => {
-                    spec.size = Cow::Owned(q);
-                    source = Source::Annotation;
-                }
-                Err(e) => errors.push(AnnotationError {
+            match Quantity::parse(value).map_err(|e| problem_of(&e)) {
+                Ok(q) => match check_size(&q) {
+                    Ok(()) => {
+                        spec.size = Cow::Owned(q);
+                        source = Source::Annotation;
+                    }
+                    Err(problem) => errors.push(AnnotationError {
+                        key: key("size"),
+                        value: value.to_string(),
+                        problem,
+                    }),
+                },
+                Err(problem) => errors.push(AnnotationError {
                     key: key("size"),
                     value: value.to_string(),
-                    problem: problem_of(&e),
+                    problem,
                 }),
             }
         }
@@ -443,16 +474,50 @@ pub fn parse_access_modes(value: &str) -> Result<Vec<String>, String> {
         .filter(|m| !m.is_empty())
         .map(str::to_string)
         .collect();
-    if modes.is_empty() {
-        return Err("no access mode given".to_string());
-    }
-    if let Some(bad) = modes.iter().find(|m| !quantity::is_access_mode(m)) {
-        return Err(format!(
-            "unknown access mode {bad:?} (one of {})",
-            quantity::ACCESS_MODES.join(", ")
-        ));
-    }
+    check_access_modes(&modes)?;
     Ok(modes)
+}
+
+/// A list the API server accepts on a claim: known modes, each once, and `ReadWriteOncePod`
+/// only alone (a claim template it refuses would leave the pods Pending).
+fn check_access_modes(modes: &[String]) -> Result<(), String> {
+    if modes.is_empty() {
+        return Err("at least one access mode is needed".to_string());
+    }
+    for (i, mode) in modes.iter().enumerate() {
+        if !quantity::is_access_mode(mode) {
+            return Err(format!(
+                "unknown access mode {mode:?} (one of {})",
+                quantity::ACCESS_MODES.join(", ")
+            ));
+        }
+        if modes[..i].contains(mode) {
+            return Err(format!("{mode} is listed twice"));
+        }
+    }
+    if modes.len() > 1 && modes.iter().any(|m| m == "ReadWriteOncePod") {
+        return Err("ReadWriteOncePod cannot be combined with other access modes".to_string());
+    }
+    Ok(())
+}
+
+/// The smallest claim a policy or an annotation may ask for. Anything smaller is a slip: a bare
+/// number is bytes (`size: 100` is 100 bytes), and no database fits in less than a mebibyte.
+pub const MIN_SIZE: u128 = 1 << 20;
+
+/// A size that could be meant: at least [`MIN_SIZE`].
+fn check_size(size: &Quantity) -> Result<(), String> {
+    let text = size.as_str();
+    if size.bytes() < MIN_SIZE {
+        return Err(if text.bytes().all(|b| b.is_ascii_digit()) {
+            format!(
+                "{text} is a number of bytes, less than the 1Mi minimum: give a unit (e.g. 100Gi)"
+            )
+        } else {
+            format!("{text} is less than the 1Mi minimum")
+        });
+    }
+    Ok(())
 }
 
 fn problem_of(e: &quantity::QuantityError) -> String {
@@ -484,26 +549,14 @@ fn validate_class(field: &str, class: String) -> Result<String, PolicyError> {
 }
 
 fn validate_size(field: &str, size: &str) -> Result<Quantity, PolicyError> {
-    Quantity::parse(size).map_err(|e| invalid(field, e.to_string()))
+    let size = Quantity::parse(size).map_err(|e| invalid(field, e.to_string()))?;
+    check_size(&size).map_err(|problem| invalid(field, problem))?;
+    Ok(size)
 }
 
 fn validate_access_modes(field: &str, modes: Vec<String>) -> Result<Vec<String>, PolicyError> {
-    if modes.is_empty() {
-        return Err(invalid(
-            field,
-            "at least one access mode is needed".to_string(),
-        ));
-    }
-    match modes.iter().find(|m| !quantity::is_access_mode(m)) {
-        Some(bad) => Err(invalid(
-            field,
-            format!(
-                "unknown access mode {bad:?} (one of {})",
-                quantity::ACCESS_MODES.join(", ")
-            ),
-        )),
-        None => Ok(modes),
-    }
+    check_access_modes(&modes).map_err(|problem| invalid(field, problem))?;
+    Ok(modes)
 }
 
 fn is_dns_label(name: &str) -> bool {
@@ -672,7 +725,18 @@ statefulSets:
             ("storageClassName: Bad_Name", "`storageClassName`"),
             ("accessModes: [ReadWriteSometimes]", "`accessModes`"),
             ("accessModes: []", "`accessModes`"),
+            (
+                "accessModes: [ReadWriteOnce, ReadWriteOnce]",
+                "listed twice",
+            ),
+            (
+                "accessModes: [ReadWriteOncePod, ReadOnlyMany]",
+                "ReadWriteOncePod cannot be combined",
+            ),
+            ("size: 100", "a number of bytes"),
+            ("size: 1023Ki", "less than the 1Mi minimum"),
             ("retentionSizeRatio: 1.5", "`retentionSizeRatio`"),
+            ("retentionSizeRatio: 0.000001", "`retentionSizeRatio`"),
             (
                 "namespaces: { monitoring: { size: lots } }",
                 "`namespaces.monitoring.size`",
@@ -765,6 +829,57 @@ statefulSets:
             errors[1].to_string(),
             "kube-persist.io/size \"fifty\": not a Kubernetes quantity (e.g. 100Gi, 500M, 1.5Ti)"
         );
+    }
+
+    #[test]
+    fn annotations_kubernetes_would_refuse_or_no_one_means_are_invalid() {
+        let policy = Policy::default();
+        let problem = |size: Option<&'static str>, modes: Option<&'static str>| {
+            let errors = policy
+                .storage_for(
+                    "default",
+                    &Overrides {
+                        size,
+                        storage_class: None,
+                        access_modes: modes,
+                    },
+                )
+                .unwrap_err();
+            errors[0].to_string()
+        };
+        assert!(
+            problem(Some("100"), None).contains("a number of bytes, less than the 1Mi minimum")
+        );
+        assert!(problem(Some("0.5Mi"), None).contains("less than the 1Mi minimum"));
+        assert!(
+            problem(None, Some("ReadWriteOncePod,ReadWriteOnce")).contains("cannot be combined")
+        );
+        assert!(problem(None, Some("ReadWriteMany, ReadWriteMany")).contains("listed twice"));
+        let fine = policy
+            .storage_for(
+                "default",
+                &Overrides {
+                    size: Some("1Mi"),
+                    storage_class: None,
+                    access_modes: Some("ReadWriteOncePod"),
+                },
+            )
+            .unwrap();
+        assert_eq!(fine.size.bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn a_reloaded_file_without_settings_is_refused() {
+        for text in ["", "\n  \n", "# policy\n# (being rewritten)\n", "---\n"] {
+            let err = Policy::from_reloaded_yaml(text, "p.yaml").unwrap_err();
+            assert!(matches!(err, PolicyError::Blank { .. }), "{text:?}: {err}");
+            assert!(
+                Policy::from_yaml(text, "p.yaml").is_ok(),
+                "{text:?} at startup"
+            );
+        }
+        assert!(Policy::from_reloaded_yaml("{}", "p.yaml").is_ok());
+        assert!(Policy::from_reloaded_yaml("size: 5Gi # set\n", "p.yaml").is_ok());
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub async fn watch_policy(
         if text == seen {
             continue;
         }
-        match Policy::from_yaml(&String::from_utf8_lossy(&text), &origin) {
+        match Policy::from_reloaded_yaml(&String::from_utf8_lossy(&text), &origin) {
             Ok(policy) => {
                 store.store(Arc::new(policy));
                 metrics.reload("policy", true);

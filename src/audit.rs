@@ -14,6 +14,7 @@
 //! output refuses a write), and logged at most every ten seconds.
 
 use std::{
+    borrow::Cow,
     fs::File,
     io::{self, Write},
     os::{fd::AsFd, unix::fs::MetadataExt},
@@ -42,29 +43,29 @@ pub struct AuditRecord<'a> {
     /// When the decision was made (RFC 3339, UTC).
     #[serde(serialize_with = "rfc3339")]
     pub ts: jiff::Timestamp,
-    pub uid: &'a str,
+    pub uid: Cow<'a, str>,
     pub decision: Outcome,
-    pub reason: &'a str,
+    pub reason: Cow<'a, str>,
     pub allowed: bool,
-    pub group: &'a str,
-    pub version: &'a str,
-    pub kind: &'a str,
-    pub namespace: &'a str,
+    pub group: Cow<'a, str>,
+    pub version: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub namespace: Cow<'a, str>,
     /// Name, when the object has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<&'a str>,
+    pub name: Option<Cow<'a, str>>,
     /// `generateName`, when the object has no name yet.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub generate_name: Option<&'a str>,
+    pub generate_name: Option<Cow<'a, str>>,
     /// CREATE, UPDATE, ...
     pub operation: &'static str,
-    pub user: &'a str,
-    pub groups: Vec<&'a str>,
+    pub user: Cow<'a, str>,
+    pub groups: Vec<Cow<'a, str>>,
     pub dry_run: bool,
     /// StorageClass added (or proposed).
-    pub storage_class: Option<&'a str>,
+    pub storage_class: Option<Cow<'a, str>>,
     /// Size added (or proposed).
-    pub size: Option<&'a str>,
+    pub size: Option<Cow<'a, str>>,
     /// Where class and size came from.
     pub source: Option<Source>,
     /// The patch operations (returned, or proposed in audit mode); `[]` when there are none.
@@ -91,28 +92,29 @@ impl<'a> AuditRecord<'a> {
         let storage = decision.storage();
         AuditRecord {
             ts,
-            uid: &req.uid,
+            uid: clip(&req.uid),
             decision: decision.outcome(),
-            reason: decision.reason(),
+            reason: clip(decision.reason()),
             allowed: decision.denied().is_none(),
-            group: &req.kind.group,
-            version: &req.kind.version,
-            kind: &req.kind.kind,
-            namespace: ident.namespace,
-            name,
-            generate_name,
+            group: clip(&req.kind.group),
+            version: clip(&req.kind.version),
+            kind: clip(&req.kind.kind),
+            namespace: clip(ident.namespace),
+            name: name.map(clip),
+            generate_name: generate_name.map(clip),
             operation: req.operation.as_str(),
-            user: req.user_info.username.as_deref().unwrap_or(""),
+            user: clip(req.user_info.username.as_deref().unwrap_or("")),
             groups: req
                 .user_info
                 .groups
                 .iter()
                 .flatten()
-                .map(|g| g.0.as_ref())
+                .take(MAX_GROUPS)
+                .map(|g| clip(&g.0))
                 .collect(),
             dry_run: req.dry_run.unwrap_or(false),
-            storage_class: storage.map(|s| s.storage_class_name.as_str()),
-            size: storage.map(|s| s.size.as_str()),
+            storage_class: storage.map(|s| clip(&s.storage_class_name)),
+            size: storage.map(|s| clip(&s.size)),
             source: storage.map(|s| s.source),
             // The patch returned, or proposed in audit mode.
             patch: decision.patch(),
@@ -128,6 +130,30 @@ impl<'a> AuditRecord<'a> {
         out.push(b'\n');
         Ok(())
     }
+}
+
+/// The most of one string from the request that an audit line carries. The API server checks
+/// names and annotations only after the mutating webhooks, so a review can hold a name or an
+/// annotation value (quoted in a reason) of any length.
+const MAX_FIELD: usize = 1024;
+/// The most user groups an audit line lists.
+const MAX_GROUPS: usize = 64;
+
+/// `text`, or its first [`MAX_FIELD`] bytes (cut at a character boundary) with the length of
+/// the whole.
+fn clip(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_FIELD {
+        return Cow::Borrowed(text);
+    }
+    let mut end = MAX_FIELD;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}...[truncated: {} bytes in all]",
+        &text[..end],
+        text.len()
+    ))
 }
 
 /// Where audit lines go.
@@ -208,7 +234,7 @@ impl AuditSender {
             Ok(()) => self.send(line),
             // Not expected: every field serializes.
             Err(e) => {
-                tracing::error!(error = %e, uid = record.uid, "Cannot serialize an audit record")
+                tracing::error!(error = %e, uid = %record.uid, "Cannot serialize an audit record")
             }
         }
     }
@@ -460,7 +486,10 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{admission, policy::Policy};
+    use crate::{
+        admission::{self, ReviewBody},
+        policy::Policy,
+    };
 
     fn counters() -> Family<AuditDropLabels, Counter> {
         Family::default()
@@ -532,6 +561,51 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             include_str!("../tests/fixtures/audit-lines.jsonl")
         );
+    }
+
+    #[test]
+    fn strings_from_the_request_are_cut_in_the_line() {
+        let long_name = "n".repeat(1 << 20);
+        let long_value = "9".repeat(1 << 20);
+        let groups: Vec<String> = (0..1000).map(|i| format!("group-{i}")).collect();
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let object = serde_json::json!({
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "Prometheus",
+            "metadata": {
+                "name": long_name,
+                "namespace": "monitoring",
+                "annotations": {"kube-persist.io/size": format!("{long_value}é")},
+            },
+            "spec": {},
+        });
+        let user = format!("a{}", "ü".repeat(600));
+        let body = ReviewBody::new(&object).user(&user, &groups).to_vec();
+        let reviewed = admission::review(&body, &Policy::default()).unwrap();
+        assert_eq!(reviewed.decision.outcome(), Outcome::Invalid);
+        let record = AuditRecord::new(
+            &reviewed.request,
+            &reviewed.decision,
+            jiff::Timestamp::UNIX_EPOCH,
+            Duration::ZERO,
+        );
+        let mut line = Vec::new();
+        record.write_line(&mut line).unwrap();
+        assert!(line.len() < 16 * 1024, "{} bytes", line.len());
+        let line: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let name = line["name"].as_str().unwrap();
+        assert!(name.starts_with("nnnn"), "{name:.20}");
+        assert!(
+            name.ends_with("...[truncated: 1048576 bytes in all]"),
+            "{name}"
+        );
+        assert!(line["reason"].as_str().unwrap().contains("[truncated: "));
+        // Cut on a character boundary: byte 1024 is inside a two-byte 'ü'.
+        assert_eq!(
+            line["user"].as_str().unwrap(),
+            format!("a{}...[truncated: 1201 bytes in all]", "ü".repeat(511))
+        );
+        assert_eq!(line["groups"].as_array().unwrap().len(), 64);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 # Runs every fuzz target (or those named after the time) for SECONDS each, from the corpus that
 # seed-corpora.sh fills with the fixtures. A crash or a broken invariant stops with a non-zero
 # exit and leaves the input in fuzz/artifacts/<target>/; `cargo +nightly fuzz run -s none
-# TARGET fuzz/artifacts/TARGET/crash-...` replays it.
+# --codegen-units 16 TARGET fuzz/artifacts/TARGET/crash-...` replays it.
 #
 #   fuzz/run.sh 30                 # every target for 30 s (what CI does)
 #   fuzz/run.sh 3600 admission     # one target for an hour

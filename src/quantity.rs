@@ -113,31 +113,44 @@ pub fn parse_bytes(text: &str) -> Result<u128, QuantityError> {
         return Err(QuantityError::NotPositive(text.to_string()));
     }
     let too_large = || QuantityError::TooLarge(text.to_string());
-    let mut value = mantissa.checked_shl(exp2).ok_or_else(too_large)?;
-    if value >> exp2 != mantissa {
-        return Err(too_large());
-    }
-    if exp10 >= 0 {
+    let value = if exp10 >= 0 {
+        let mut value = mantissa.checked_shl(exp2).ok_or_else(too_large)?;
+        if value >> exp2 != mantissa {
+            return Err(too_large());
+        }
         for _ in 0..exp10 {
             value = value.checked_mul(10).ok_or_else(too_large)?;
             if value > MAX_BYTES {
                 return Err(too_large());
             }
         }
-    } else if exp10 < -40 {
-        // Far below one byte (and -exp10 could overflow): round up to one.
-        return Ok(1);
+        value
     } else {
-        let mut divisor: u128 = 1;
-        for _ in 0..(-exp10) {
-            divisor = match divisor.checked_mul(10) {
-                Some(d) => d,
-                // The value is below one byte: round up to one.
-                None => return Ok(1),
-            };
+        let Some(divisor) = 10u128.checked_pow(exp10.unsigned_abs()) else {
+            // Only without a binary suffix (which comes with at most 30 decimals): the value
+            // is below one byte; round up to one.
+            return Ok(1);
+        };
+        // mantissa * 2^exp2 / divisor, rounded up, without forming the product, which can
+        // pass u128 although the result is small (1.000000000000000000000Ei): the whole part
+        // shifted, then the fraction's exp2 bits one by one.
+        let (whole, mut rest) = (mantissa / divisor, mantissa % divisor);
+        let shifted = whole.checked_shl(exp2).ok_or_else(too_large)?;
+        if shifted >> exp2 != whole {
+            return Err(too_large());
         }
-        value = value.div_ceil(divisor);
-    }
+        let mut fraction: u128 = 0;
+        for _ in 0..exp2 {
+            // rest < divisor <= 10^30 here, so doubling it cannot overflow.
+            rest <<= 1;
+            fraction <<= 1;
+            if rest >= divisor {
+                rest -= divisor;
+                fraction |= 1;
+            }
+        }
+        shifted + fraction + u128::from(rest != 0)
+    };
     if value > MAX_BYTES {
         return Err(too_large());
     }
@@ -218,6 +231,10 @@ mod tests {
             ("1Ei", 1 << 60),
             ("1e-2147483648", 1),
             ("5e-50", 1),
+            // Many decimals with a binary suffix: exact, rounded up, no overflow on the way.
+            ("1.000000000000000000000Ei", 1 << 60),
+            ("1.234567890123456789012Ei", 1_423_359_869_420_436_338),
+            ("0.1Ki", 103),
         ];
         for (text, bytes) in cases {
             assert_eq!(parse_bytes(text), Ok(*bytes), "{text}");

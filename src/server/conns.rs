@@ -88,6 +88,11 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a connection must have been without a request before a newcomer may take its
+/// slot: a connection that just finished its handshake, or its last answer, may have a request
+/// on the wire already.
+const EVICT_AFTER: Duration = Duration::from_millis(250);
+
 /// The open connections of one listener, at most `max`.
 pub struct Slots {
     max: usize,
@@ -123,15 +128,17 @@ impl Slots {
         !self.full() || self.evictable().is_some()
     }
 
-    /// The connection to close for a newcomer: one with no request in progress, first those
-    /// that never sent a request (silent, slow or still in the TLS handshake), each group
-    /// oldest idle first.
+    /// The connection to close for a newcomer: one with no request in progress for
+    /// [`EVICT_AFTER`], first those that never sent a request (silent, slow or still in the
+    /// TLS handshake), each group oldest idle first.
     fn evictable(&self) -> Option<Id> {
+        let now = Instant::now();
         self.open
             .iter()
             .filter_map(|(id, (state, _))| {
                 let since = state.idle_since()?;
-                Some(((state.has_requested(), since), *id))
+                (now.saturating_duration_since(since) >= EVICT_AFTER)
+                    .then_some(((state.has_requested(), since), *id))
             })
             .min_by_key(|(key, _)| *key)
             .map(|(_, id)| id)

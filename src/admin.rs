@@ -1,7 +1,7 @@
 //! The plain-HTTP admin port shared by `serve` and `provisioner`: `/livez`, `/readyz`,
 //! `/readyz/<component>` and `/metrics`. It reports what its owner hands it; it decides nothing.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -10,8 +10,15 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::server::conns::{self, ConnLimits, ConnState, Slots};
 
 /// A readiness check: `None` when ready, else why not.
 pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -41,15 +48,115 @@ impl AdminState {
     }
 }
 
-/// Serves the admin routes on `listener` until `stop` resolves.
+/// Limits of the admin port's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Header and idle timeouts, as on the webhook.
+    pub conn: ConnLimits,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for AdminLimits {
+    /// The webhook's default timeouts (10 s for headers, 90 s idle) and 32 connections.
+    fn default() -> Self {
+        AdminLimits {
+            conn: ConnLimits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(90),
+            },
+            max_connections: crate::cli::DEFAULT_ADMIN_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves the admin routes on `listener` until `stop` resolves, within `limits`: a silent
+/// client is cut at the header timeout, an idle one at the idle timeout, and when every slot
+/// is taken a new client takes the longest idle one's, so probes get through.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
+    limits: AdminLimits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop)
-        .await
+    let service = TowerToHyperService::new(router(state));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.conn.header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let (stopped, _) = watch::channel(false);
+    let mut connections = Slots::new(limits.max_connections);
+    let mut recheck = tokio::time::interval(Duration::from_millis(50));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(()) = connections.join_next(), if !connections.is_empty() => {}
+            _ = recheck.tick(), if connections.full() => {}
+            accepted = listener.accept(), if connections.can_accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (builder, service, stop) =
+                    (builder.clone(), service.clone(), stopped.subscribe());
+                connections.spawn(|conn| {
+                    serve_connection(stream, peer, builder, service, conn, limits.conn, stop)
+                });
+            }
+        }
+    }
+    drop(listener);
+    stopped.send_replace(true);
+    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
+    service: TowerToHyperService<Router>,
+    conn: Arc<ConnState>,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tracker = conn.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let in_flight = tracker.request();
+        let call = hyper::service::Service::call(&service, request);
+        async move {
+            let response = call.await;
+            drop(in_flight);
+            response
+        }
+    });
+    let served = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let ended = conns::drive(
+        served.as_mut(),
+        |c| c.graceful_shutdown(),
+        &conn,
+        limits,
+        &mut stop,
+    )
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(%peer, reason = ?e, "Admin connection closed");
+    }
 }
 
 pub fn router(state: AdminState) -> Router {

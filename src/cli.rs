@@ -11,6 +11,13 @@ use crate::provisioner;
 /// UPDATE carries both `object` and `oldObject`.
 pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
 
+/// Default memory for the bodies of all requests in progress: eight bodies of the largest
+/// size at once, a small part of the pod's 512 MiB limit.
+pub const DEFAULT_MAX_BODY_MEMORY: usize = 64 * 1024 * 1024;
+
+/// Default cap on admin port connections (probes and scrapes need a few).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
+
 /// kube-persist: keeps monitoring data in Kubernetes on persistent volumes.
 #[derive(Debug, Parser)]
 #[command(name = "kube-persist", version, about, long_about = None)]
@@ -85,19 +92,25 @@ pub struct ServeArgs {
     /// Largest accepted admission request body, in bytes (larger ones get 413).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY, env = "KUBE_PERSIST_MAX_BODY")]
     pub max_body: usize,
+    /// Memory for the bodies of all requests in progress, in bytes; a request that finds none
+    /// free within a second gets 503. At least `--max-body`.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_MEMORY, env = "KUBE_PERSIST_MAX_BODY_MEMORY")]
+    pub max_body_memory: usize,
     /// Policy audit log file (JSON lines, appended). Default: standard output.
     #[arg(long, env = "KUBE_PERSIST_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
     /// How often the policy and certificate files are checked for changes, in seconds.
     #[arg(long, default_value = "5", value_parser = parse_seconds, env = "KUBE_PERSIST_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
-    /// A client must send a request's headers within this many seconds.
+    /// A client must finish the TLS handshake, and then send a request's headers, within this
+    /// many seconds each.
     #[arg(long, default_value = "10", value_parser = parse_seconds, env = "KUBE_PERSIST_HEADER_TIMEOUT")]
     pub header_timeout: Duration,
     /// A request body must arrive within this many seconds (408 otherwise).
     #[arg(long, default_value = "15", value_parser = parse_seconds, env = "KUBE_PERSIST_BODY_TIMEOUT")]
     pub body_timeout: Duration,
-    /// A connection with no traffic for this many seconds is closed.
+    /// A connection with no request in progress for this many seconds is closed (whatever
+    /// else, such as HTTP/2 PINGs, moves on it).
     #[arg(long, default_value = "90", value_parser = parse_seconds, env = "KUBE_PERSIST_IDLE_TIMEOUT")]
     pub idle_timeout: Duration,
     /// On SIGTERM, in-flight requests get this many seconds to finish.
@@ -107,9 +120,14 @@ pub struct ServeArgs {
     /// controller and the API server stop sending requests before the port closes. 0 disables.
     #[arg(long, default_value = "5", value_parser = parse_delay, env = "KUBE_PERSIST_SHUTDOWN_DELAY")]
     pub shutdown_delay: Duration,
-    /// Most webhook connections served at once; further clients wait in the listen backlog.
+    /// Most webhook connections served at once. When all are taken, a new client takes the
+    /// slot of the longest idle connection; if none is idle, it waits in the listen backlog.
     #[arg(long, default_value_t = 1024, env = "KUBE_PERSIST_MAX_CONNECTIONS")]
     pub max_connections: usize,
+    /// Most admin port connections served at once (same rules; kept apart so the admin port
+    /// cannot use the file descriptors the webhook needs).
+    #[arg(long, default_value_t = DEFAULT_ADMIN_MAX_CONNECTIONS, env = "KUBE_PERSIST_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: usize,
     /// Also run the NFS provisioner controller in this process.
     #[arg(long, env = "KUBE_PERSIST_PROVISIONER")]
     pub provisioner: bool,
@@ -294,6 +312,8 @@ pub struct ServeConfig {
     pub policy: Option<PathBuf>,
     /// Body limit in bytes.
     pub max_body: usize,
+    /// Memory for all bodies in progress, in bytes.
+    pub max_body_memory: usize,
     /// Audit log file; `None` is standard output.
     pub audit_log: Option<PathBuf>,
     /// Poll interval for policy and certificate files.
@@ -305,6 +325,7 @@ pub struct ServeConfig {
     /// Time between SIGTERM and closing the listener.
     pub shutdown_delay: Duration,
     pub max_connections: usize,
+    pub admin_max_connections: usize,
     /// The provisioner to run beside the webhook, if any.
     pub provisioner: Option<provisioner::Config>,
 }
@@ -334,9 +355,17 @@ pub enum ConfigError {
     /// `--max-body` too small to hold any review.
     #[error("--max-body must be at least 1024 bytes (got {0})")]
     MaxBodyTooSmall(usize),
-    /// `--max-connections 0`.
-    #[error("--max-connections must be at least 1")]
+    /// `--max-connections 0` or `--admin-max-connections 0`.
+    #[error("--max-connections and --admin-max-connections must be at least 1")]
     NoConnections,
+    /// `--max-body-memory` cannot hold one body of `--max-body`.
+    #[error("--max-body-memory ({memory}) must be at least --max-body ({body})")]
+    BodyMemoryTooSmall {
+        /// `--max-body-memory`.
+        memory: usize,
+        /// `--max-body`.
+        body: usize,
+    },
     /// A provisioner flag is invalid.
     #[error(transparent)]
     Provisioner(#[from] provisioner::ConfigError),
@@ -352,6 +381,7 @@ impl ServeArgs {
             dev_cert_dir,
             policy,
             max_body,
+            max_body_memory,
             audit_log,
             reload_interval,
             header_timeout,
@@ -360,6 +390,7 @@ impl ServeArgs {
             drain_timeout,
             shutdown_delay,
             max_connections,
+            admin_max_connections,
             provisioner,
             provisioner_args,
         } = self;
@@ -374,8 +405,14 @@ impl ServeArgs {
         if max_body < 1024 {
             return Err(ConfigError::MaxBodyTooSmall(max_body));
         }
-        if max_connections == 0 {
+        if max_connections == 0 || admin_max_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        if max_body_memory < max_body {
+            return Err(ConfigError::BodyMemoryTooSmall {
+                memory: max_body_memory,
+                body: max_body,
+            });
         }
         let provisioner = if provisioner {
             Some(provisioner_args.into_config()?)
@@ -388,6 +425,7 @@ impl ServeArgs {
             tls,
             policy,
             max_body,
+            max_body_memory,
             audit_log,
             reload_interval,
             header_timeout,
@@ -396,6 +434,7 @@ impl ServeArgs {
             drain_timeout,
             shutdown_delay,
             max_connections,
+            admin_max_connections,
             provisioner,
         })
     }
@@ -441,6 +480,8 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(config.admin_listen.to_string(), "0.0.0.0:8080");
         assert_eq!(config.max_body, 8 * 1024 * 1024);
+        assert_eq!(config.max_body_memory, 64 * 1024 * 1024);
+        assert_eq!(config.admin_max_connections, 32);
         assert!(matches!(config.tls, TlsSource::Dev { .. }));
         assert!(config.provisioner.is_none());
     }
@@ -452,6 +493,18 @@ mod tests {
         };
         let err = args.into_config().unwrap_err().to_string();
         assert!(err.contains("--tls-key"), "{err}");
+    }
+
+    #[test]
+    fn body_memory_must_hold_one_body() {
+        let Command::Serve(args) = parse(&["serve", "--max-body-memory", "1048576"])
+            .unwrap()
+            .command
+        else {
+            panic!("not serve")
+        };
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(err.contains("--max-body-memory"), "{err}");
     }
 
     #[test]

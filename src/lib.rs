@@ -72,6 +72,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let provisioner_config = config.provisioner.take();
     let admin_listen = config.admin_listen;
+    let admin_max_connections = config.admin_max_connections;
     let mut registry = Registry::default();
     let server = Server::bind(config, &mut registry).await?;
     let admin_listener = TcpListener::bind(admin_listen)
@@ -97,7 +98,16 @@ pub async fn run(
     }
     let mut provisioner = provisioner.map(|p| tokio::spawn(p.run(server.stopping())));
     let admin_addr = admin_listener.local_addr()?;
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, server.stopping()));
+    let admin_limits = admin::AdminLimits {
+        conn: server.conn_limits(),
+        max_connections: admin_max_connections,
+    };
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state,
+        admin_limits,
+        server.stopping(),
+    ));
     tracing::info!(webhook = %server.local_addr()?, admin = %admin_addr, "Listening");
 
     // Whatever ends the provisioner while the webhook runs is an error.
@@ -154,7 +164,12 @@ pub async fn run_provisioner(
 
     let shutdown = shutdown.shared();
     let state = AdminState::new(Arc::new(registry), move || readiness.reason());
-    let admin = admin::serve(listener, state, shutdown.clone());
+    let admin = admin::serve(
+        listener,
+        state,
+        admin::AdminLimits::default(),
+        shutdown.clone(),
+    );
     let admin = async move { admin.await.context("admin port failed") };
     let (admin, run) = tokio::join!(admin, provisioner.run(shutdown));
     run.and(admin)

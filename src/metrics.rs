@@ -25,7 +25,9 @@ pub struct RequestLabels {
 /// Labels of a request refused at the HTTP level.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// `malformed_json`, `not_a_review`, `too_large`, `unsupported_media_type`, `body_read`.
+    /// `malformed_json`, `not_a_review`, `too_large`, `unsupported_media_type`, `body_read`,
+    /// `body_timeout`, `empty_body`, `internal`, or `overloaded` (no room in the body memory
+    /// budget in time).
     pub reason: &'static str,
 }
 

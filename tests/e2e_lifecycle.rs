@@ -362,6 +362,7 @@ async fn a_failed_part_stops_the_webhook_at_once() {
         },
         policy: None,
         max_body: 1 << 20,
+        max_body_memory: 1 << 22,
         audit_log: Some(tmp.path().join("audit.log")),
         reload_interval: Duration::from_secs(1),
         header_timeout: Duration::from_secs(1),
@@ -370,6 +371,7 @@ async fn a_failed_part_stops_the_webhook_at_once() {
         drain_timeout: Duration::from_secs(1),
         shutdown_delay: Duration::from_secs(3600),
         max_connections: 4,
+        admin_max_connections: 4,
         provisioner: None,
     };
     let mut registry = prometheus_client::registry::Registry::default();

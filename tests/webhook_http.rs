@@ -18,13 +18,14 @@ use kube_persist::{
     audit::{AuditLog, AuditTarget},
     metrics::{self, WebhookMetrics},
     policy::Policy,
-    server::http::{WebhookResponse, WebhookState, handle, service},
+    server::http::{BodyBudget, WebhookResponse, WebhookState, handle, service},
 };
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 const MAX_BODY: usize = 64 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_MEMORY: usize = 2 * MAX_BODY;
 
 /// A webhook state with a small body limit, its audit log in a temporary directory.
 struct Webhook {
@@ -50,6 +51,7 @@ impl Webhook {
             metrics,
             max_body: MAX_BODY,
             body_timeout: BODY_TIMEOUT,
+            body_budget: BodyBudget::new(BODY_MEMORY),
         });
         Webhook {
             state,
@@ -359,4 +361,96 @@ async fn a_review_over_http2() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     server.abort();
+}
+
+/// A body that declares its length (as the API server's do) and yields `inner`'s frames.
+struct Declared<B> {
+    inner: B,
+    len: u64,
+}
+
+impl<B: Body + Unpin> Body for Declared<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_over_the_memory_budget_wait_then_get_503() {
+    let webhook = Arc::new(Webhook::new());
+    // Two bodies of the largest size that stall after their first bytes hold the whole budget
+    // (BODY_MEMORY is twice MAX_BODY) until the body timeout.
+    let stalled = || Declared {
+        inner: StreamBody::new(
+            stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"{")))])
+                .chain(stream::pending()),
+        ),
+        len: MAX_BODY as u64,
+    };
+    let mut holders = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let webhook = webhook.clone();
+        let body = stalled();
+        holders.spawn(async move { webhook.call(json_post(body)).await.0 });
+    }
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    let (status, response) = webhook.call(json_post(Full::new(review("late")))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(started.elapsed(), BodyBudget::WAIT);
+    assert_eq!(
+        text(response).await,
+        "too many request bodies in memory at once; retry\n"
+    );
+    assert_eq!(webhook.errors("overloaded"), "1");
+    // The holders end at the body timeout and give their memory back.
+    while let Some(status) = holders.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let (status, _) = webhook.call(json_post(Full::new(review("later")))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_in_tiny_frames_is_one_review() {
+    let webhook = Webhook::new();
+    // Undeclared, one byte per frame: gathered into one buffer that grows as needed.
+    let body = review("tiny");
+    let frames: Vec<_> = body
+        .iter()
+        .map(|b| Ok::<_, Infallible>(Frame::data(Bytes::copy_from_slice(&[*b]))))
+        .collect();
+    let (status, response) = webhook
+        .call(json_post(StreamBody::new(stream::iter(frames))))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&text(response).await).unwrap();
+    assert_eq!(answer["response"]["uid"], "tiny");
+}
+
+#[tokio::test]
+async fn an_early_answer_reads_a_bounded_part_of_the_body() {
+    let webhook = Webhook::new();
+    // An endless body to a wrong path: read up to --max-body, then answered all the same.
+    let chunk = Bytes::from(vec![b' '; 4096]);
+    let endless = StreamBody::new(stream::repeat_with(move || {
+        Ok::<_, Infallible>(Frame::data(chunk.clone()))
+    }));
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/validate")
+        .body(endless)
+        .unwrap();
+    let (status, _) = webhook.call(request).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -9,10 +9,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 
 use crate::{
     admission::{self, ReviewError, Target},
@@ -32,6 +33,73 @@ pub struct WebhookState {
     pub max_body: usize,
     /// Deadline for reading a body.
     pub body_timeout: Duration,
+    /// Memory for the bodies of all requests in progress.
+    pub body_budget: BodyBudget,
+}
+
+/// Memory for request bodies, shared by every connection: a request holds the bytes it
+/// buffers until its answer is made. A request that cannot get its bytes within
+/// [`BodyBudget::WAIT`] is answered 503.
+#[derive(Debug)]
+pub struct BodyBudget {
+    bytes: Semaphore,
+}
+
+impl BodyBudget {
+    /// How long a request waits for memory before it is refused.
+    pub const WAIT: Duration = Duration::from_secs(1);
+
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget {
+            bytes: Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)),
+        }
+    }
+}
+
+/// Bytes of the budget held by one request.
+struct Held<'a> {
+    budget: &'a BodyBudget,
+    permit: Option<SemaphorePermit<'a>>,
+    bytes: usize,
+}
+
+/// The budget had no room for a body within [`BodyBudget::WAIT`].
+struct Overloaded;
+
+impl<'a> Held<'a> {
+    fn new(budget: &'a BodyBudget) -> Self {
+        Held {
+            budget,
+            permit: None,
+            bytes: 0,
+        }
+    }
+
+    /// Holds at least `bytes` in all, waiting for them a bounded time.
+    async fn grow_to(&mut self, bytes: usize) -> Result<(), Overloaded> {
+        if bytes <= self.bytes {
+            return Ok(());
+        }
+        let more = u32::try_from(bytes - self.bytes).map_err(|_| Overloaded)?;
+        let semaphore = &self.budget.bytes;
+        let permit = match semaphore.try_acquire_many(more) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(BodyBudget::WAIT, semaphore.acquire_many(more)).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) | Err(_) => return Err(Overloaded),
+                }
+            }
+            Err(TryAcquireError::Closed) => return Err(Overloaded),
+        };
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
 }
 
 /// A response of the webhook port.
@@ -64,9 +132,24 @@ where
     B: Body<Data = Bytes, Error: Display>,
 {
     match refusal(&request) {
-        Some(refused) => refused,
+        Some(refused) => {
+            drain(state, request.into_body()).await;
+            refused
+        }
         None => mutate(state, request).await,
     }
+}
+
+/// Reads and discards the body of a request answered without it, up to `--max-body` bytes
+/// and `--body-timeout`. Over HTTP/2, a stream whose body is still arriving when the answer is
+/// sent gets reset, and some clients then lose the answer; a body read to its end ends the
+/// stream normally. Nothing is kept, so this costs no memory.
+async fn drain<B: Body<Data = Bytes>>(state: &WebhookState, body: B) {
+    if body.is_end_stream() {
+        return;
+    }
+    let deadline = Instant::now() + state.body_timeout;
+    let _ = discard(std::pin::pin!(body), 0, state.max_body, deadline).await;
 }
 
 /// 404 off `/mutate`, 405 there for any method but POST; `None` for `POST /mutate`.
@@ -130,6 +213,7 @@ where
         });
     if !json {
         state.metrics.error("unsupported_media_type");
+        drain(state, request.into_body()).await;
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",
@@ -145,7 +229,7 @@ where
     // A client that stalls mid-body must not hold a handler (and its memory) forever.
     let read = tokio::time::timeout(
         state.body_timeout,
-        read_body(request.into_body(), state.max_body),
+        read_body(request.into_body(), state.max_body, &state.body_budget),
     );
     let Ok(body) = read.await else {
         state.metrics.error("body_timeout");
@@ -154,9 +238,18 @@ where
             "the body did not arrive in time",
         );
     };
-    let body = match body {
+    // The budget stays held until the answer is made: the decoded review is about the body's
+    // size again.
+    let (body, _held) = match body {
         Ok(body) => body,
         Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Overloaded) => {
+            state.metrics.error("overloaded");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies in memory at once; retry",
+            );
+        }
         Err(BodyError::Read(e)) => {
             state.metrics.error("body_read");
             return plain(
@@ -177,6 +270,7 @@ where
 
 enum BodyError<E> {
     TooLarge,
+    Overloaded,
     Read(E),
 }
 
@@ -185,68 +279,105 @@ enum BodyError<E> {
 const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
 /// How long discarding may take.
 const DISCARD_TIME: Duration = Duration::from_secs(10);
+/// The first size held for a body of unknown length that arrives in several frames; it then
+/// doubles.
+const FIRST_STEP: usize = 64 * 1024;
 
-/// Reads the whole body, up to `max` bytes. A single-frame body is returned without copying.
-async fn read_body<B: Body<Data = Bytes>>(
+/// Reads the whole body, up to `max` bytes, holding its size in `budget`. A body of one frame
+/// (the usual small review) is returned as it is; the frames of any other are copied into one
+/// buffer as they arrive, allocated once at the declared length (the API server declares it)
+/// or doubled as needed, so tiny frames cost no more than their bytes.
+async fn read_body<'a, B: Body<Data = Bytes>>(
     body: B,
     max: usize,
-) -> Result<Bytes, BodyError<B::Error>> {
+    budget: &'a BodyBudget,
+) -> Result<(Bytes, Held<'a>), BodyError<B::Error>> {
     let mut body = std::pin::pin!(body);
-    let declared = body.size_hint().exact().map(|n| n as usize);
-    // The frames are kept until the end and then copied once into a buffer of the exact size:
-    // growing one buffer while freeing the frames one by one made glibc's allocator shrink and
-    // regrow its heap around every large review (~150 page faults and ~400 us of kernel time
-    // per 1 MB review). A body of one frame (the usual small review) is returned as it is.
+    let declared = body
+        .size_hint()
+        .exact()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let too_large = |body, total| async move {
+        let until = Instant::now() + DISCARD_TIME;
+        match discard(body, total, DISCARD_LIMIT, until).await {
+            Ok(()) | Err(BodyError::TooLarge) => Err(BodyError::TooLarge),
+            Err(e) => Err(e),
+        }
+    };
+    if declared.is_some_and(|n| n > max) {
+        return too_large(body, 0).await;
+    }
+    let mut held = Held::new(budget);
+    if let Some(declared) = declared {
+        held.grow_to(declared)
+            .await
+            .map_err(|Overloaded| BodyError::Overloaded)?;
+    }
     let mut first: Option<Bytes> = None;
-    let mut rest: Vec<Bytes> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
     let mut total = 0usize;
-    let mut over = declared.is_some_and(|n| n > max);
-    let discard_until = Instant::now() + DISCARD_TIME;
-    loop {
-        let frame = if over {
-            match tokio::time::timeout_at(discard_until.into(), body.frame()).await {
-                Ok(frame) => frame,
-                Err(_) => return Err(BodyError::TooLarge),
-            }
-        } else {
-            body.frame().await
-        };
-        let Some(frame) = frame else { break };
+    while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
             continue; // trailers
         };
-        total += data.len();
-        if total > max {
-            over = true;
-            first = None;
-            rest = Vec::new();
-        }
-        if over {
-            if total > DISCARD_LIMIT {
-                return Err(BodyError::TooLarge);
-            }
+        if data.is_empty() {
             continue;
         }
-        match first {
-            None => first = Some(data),
-            Some(_) => rest.push(data),
+        total += data.len();
+        if total > max {
+            drop((first, buf, held));
+            return too_large(body, total).await;
         }
-    }
-    if over {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(match first {
-        None => Bytes::new(),
-        Some(only) if rest.is_empty() => only,
-        Some(first) => {
-            let mut buf = BytesMut::with_capacity(total);
+        if held.bytes < total {
+            let step = if first.is_none() && buf.is_empty() {
+                total
+            } else {
+                total.max(held.bytes.saturating_mul(2)).max(FIRST_STEP)
+            };
+            held.grow_to(step.min(max))
+                .await
+                .map_err(|Overloaded| BodyError::Overloaded)?;
+        }
+        if first.is_none() && buf.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if buf.capacity() < total {
+            buf.reserve_exact(held.bytes - buf.len());
+        }
+        if let Some(first) = first.take() {
             buf.extend_from_slice(&first);
-            for frame in &rest {
-                buf.extend_from_slice(frame);
-            }
-            buf.freeze()
         }
-    })
+        buf.extend_from_slice(&data);
+    }
+    let body = match first {
+        Some(only) => only,
+        None => Bytes::from(buf),
+    };
+    Ok((body, held))
+}
+
+/// Reads and throws away the rest of a body that already had `read` bytes, until it ends (Ok),
+/// passes `limit` bytes or `until` passes (TooLarge), or fails.
+async fn discard<B: Body<Data = Bytes>>(
+    mut body: std::pin::Pin<&mut B>,
+    mut read: usize,
+    limit: usize,
+    until: Instant,
+) -> Result<(), BodyError<B::Error>> {
+    loop {
+        let frame = match tokio::time::timeout_at(until.into(), body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(BodyError::TooLarge),
+        };
+        if let Ok(data) = frame.map_err(BodyError::Read)?.into_data() {
+            read += data.len();
+            if read > limit {
+                return Err(BodyError::TooLarge);
+            }
+        }
+    }
 }
 
 /// Decides one review body and records it (audit line, metrics).

@@ -3,12 +3,13 @@
 //! every request accepted before SIGTERM. The admin port and the provisioner are wired beside it
 //! by [`crate::run`].
 
+pub mod conns;
 pub mod http;
-mod io;
 pub mod reload;
 pub mod tls;
 
 use std::{
+    convert::Infallible,
     future::Future,
     net::SocketAddr,
     path::PathBuf,
@@ -27,6 +28,8 @@ use hyper_util::{
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+use conns::{ConnLimits, ConnState, Slots};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
@@ -63,6 +66,7 @@ impl Server {
             tls: tls_source,
             policy: policy_path,
             max_body,
+            max_body_memory,
             audit_log,
             reload_interval,
             header_timeout,
@@ -71,6 +75,7 @@ impl Server {
             drain_timeout,
             shutdown_delay,
             max_connections,
+            admin_max_connections: _,
             provisioner: _,
         } = config;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -117,6 +122,7 @@ impl Server {
             metrics,
             max_body,
             body_timeout,
+            body_budget: http::BodyBudget::new(max_body_memory),
         });
         let stop = watch::channel(false).0;
         let mut reloads = JoinSet::new();
@@ -157,6 +163,11 @@ impl Server {
             ready: Arc::new(AtomicBool::new(true)),
             stop,
         })
+    }
+
+    /// The limits the admin port shares with the webhook.
+    pub fn conn_limits(&self) -> ConnLimits {
+        self.limits
     }
 
     /// The webhook's bound address.
@@ -205,15 +216,19 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .keep_alive(true);
+            .keep_alive(true)
+            .max_buf_size(H1_BUFFER);
         builder
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
-            .max_concurrent_streams(250);
+            .max_concurrent_streams(MAX_STREAMS);
 
-        let mut connections = JoinSet::new();
+        let mut connections = Slots::new(max_connections);
+        // At capacity, a newcomer may take the slot of a connection that goes idle later: look
+        // again now and then.
+        let mut recheck = tokio::time::interval(Duration::from_millis(50));
         // After SIGTERM: keep serving (with /readyz failing) until this instant, so requests
         // routed to us before the endpoints update are still answered.
         let mut closing_at: Option<tokio::time::Instant> = None;
@@ -233,8 +248,9 @@ impl Server {
                     None => std::future::pending().await,
                 } } => break None,
                 e = &mut failed => break Some(e),
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = listener.accept(), if connections.len() < max_connections => {
+                Some(()) = connections.join_next(), if !connections.is_empty() => {}
+                _ = recheck.tick(), if connections.full() => {}
+                accepted = listener.accept(), if connections.can_accept() => {
                     let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(e) => {
@@ -244,15 +260,14 @@ impl Server {
                             continue;
                         }
                     };
-                    connections.spawn(serve_connection(
-                        stream,
-                        peer,
-                        acceptor.clone(),
-                        builder.clone(),
-                        state.clone(),
-                        limits,
-                        stop.subscribe(),
-                    ));
+                    let (acceptor, builder, state, stop) =
+                        (acceptor.clone(), builder.clone(), state.clone(), stop.subscribe());
+                    let evicted = connections.spawn(|conn| {
+                        serve_connection(stream, peer, acceptor, builder, state, conn, limits, stop)
+                    });
+                    if evicted {
+                        tracing::debug!(%peer, "Every connection slot taken: closed the longest idle connection");
+                    }
                 }
             }
         };
@@ -293,18 +308,38 @@ impl Server {
 /// How long each part may take to stop once told to.
 pub const JOIN_LIMIT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy)]
-struct ConnLimits {
-    header_timeout: Duration,
-    idle_timeout: Duration,
+/// Most concurrent HTTP/2 streams per connection. The API server opens few at once on one
+/// connection (Go's HTTP/2 client opens another connection when a server's limit is reached,
+/// so a low limit costs it nothing), and each stream may hold a request body: 32 bounds what
+/// one connection can ask of the body budget at once without slowing a busy API server.
+const MAX_STREAMS: u32 = 32;
+
+/// Largest read buffer of an HTTP/1.1 connection (hyper's default is about 400 KiB). Review
+/// headers are small and the body is copied out as it arrives, so 64 KiB reads lose nothing,
+/// and 1024 connections reading bodies at once hold 64 MiB of buffers, not 400.
+const H1_BUFFER: usize = 64 * 1024;
+
+/// Decrements the open-connections gauge however the connection ends (an evicted connection's
+/// task is aborted).
+struct Counted(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one connection's parts, passed once"
+)]
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     builder: auto::Builder<TokioExecutor>,
     state: Arc<http::WebhookState>,
+    conn: Arc<ConnState>,
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -323,35 +358,36 @@ async fn serve_connection(
             return;
         }
     };
-    let metrics = state.metrics.clone();
-    metrics.connections.inc();
-    let (io, activity) = io::Tracked::new(tls);
-    let conn = builder.serve_connection(TokioIo::new(io), http::service(state));
-    tokio::pin!(conn);
-    let mut draining = false;
-    let mut idle_check =
-        tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(10)));
-    idle_check.tick().await;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "Connection ended with an error");
-                }
-                break;
-            }
-            _ = stop.wait_for(|stop| *stop), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = idle_check.tick(), if !draining => {
-                if activity.idle_for() >= limits.idle_timeout {
-                    tracing::debug!(%peer, "Closing idle connection");
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
+    state.metrics.connections.inc();
+    let _counted = Counted(state.metrics.connections.clone());
+    let tracker = conn.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let in_flight = tracker.request();
+        let state = state.clone();
+        async move {
+            let response = http::handle(&state, request).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
         }
+    });
+    let served = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(served);
+    let ended = conns::drive(
+        served.as_mut(),
+        |c| c.graceful_shutdown(),
+        &conn,
+        limits,
+        &mut stop,
+    )
+    .await;
+    match ended {
+        Ok(()) => {}
+        Err(conns::Ended::Error(e)) => {
+            tracing::debug!(%peer, error = %e, "Connection ended with an error");
+        }
+        Err(conns::Ended::NoRequest) => {
+            tracing::debug!(%peer, "No request within the header timeout: closed");
+        }
+        Err(conns::Ended::Idle) => tracing::debug!(%peer, "Idle connection closed"),
     }
-    metrics.connections.dec();
 }

@@ -21,6 +21,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
         mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError},
     },
     thread::JoinHandle,
@@ -224,9 +225,17 @@ pub struct AuditSender {
     queue: SyncSender<Message>,
     queue_full: Counter,
     log: Arc<LogLimit>,
+    /// Set by [`AuditSender::reopen`], taken by the writer before its next write.
+    reopen: Arc<AtomicBool>,
 }
 
 impl AuditSender {
+    /// Asks the writer to open the log file again before its next write (SIGHUP, after a
+    /// rotation that renamed the file). Standard output is left as it is.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
+
     /// Serializes `record` as one line ([`AuditRecord::write_line`]) and sends it.
     pub fn record(&self, record: &AuditRecord<'_>) {
         let mut line = Vec::with_capacity(1024);
@@ -278,10 +287,13 @@ impl AuditLog {
     ) -> io::Result<AuditLog> {
         let counter = |reason| dropped.get_or_create(&AuditDropLabels { reason }).clone();
         let (queue, lines) = mpsc::sync_channel(queue_lines);
+        let reopen = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             output,
+            reopen: Arc::clone(&reopen),
             batch: Vec::with_capacity(BATCH_BYTES),
             batch_lines: 0,
+            cut_line: false,
             write_error: counter("write_error"),
             failing: false,
             log: LogLimit::default(),
@@ -293,6 +305,7 @@ impl AuditLog {
             queue,
             queue_full: counter("queue_full"),
             log: Arc::default(),
+            reopen,
         };
         Ok(AuditLog { sender, thread })
     }
@@ -357,13 +370,13 @@ impl Output {
     }
 
     /// Opens the path again when it no longer names the open file: renamed (logrotate's
-    /// `create`) or removed, a new file is created. Checked at most every `check_every`.
-    /// (`copytruncate` needs nothing: the file is opened for appending, so writes continue
-    /// at its new end.)
-    fn reopen_if_rotated(&mut self) {
-        let Some(path) = &self.path else { return };
-        if self.checked.elapsed() < self.check_every {
-            return;
+    /// `create`) or removed, a new file is created. Checked at most every `check_every`, or
+    /// now when `asked` (SIGHUP). (`copytruncate` needs nothing: the file is opened for
+    /// appending, so writes continue at its new end.) Returns whether a new file is open.
+    fn reopen_if_rotated(&mut self, asked: bool) -> bool {
+        let Some(path) = &self.path else { return false };
+        if !asked && self.checked.elapsed() < self.check_every {
+            return false;
         }
         self.checked = Instant::now();
         let rotated = match (std::fs::metadata(path), self.file.metadata()) {
@@ -371,18 +384,20 @@ impl Output {
             (Err(e), _) => e.kind() == io::ErrorKind::NotFound,
             (_, Err(_)) => false,
         };
-        if !rotated {
-            return;
+        if !(rotated || asked) {
+            return false;
         }
         match append(path) {
             Ok(file) => {
                 self.file = file;
-                tracing::info!(path = %path.display(), "Audit log file rotated; opened again");
+                tracing::info!(path = %path.display(), "Audit log file opened again");
+                true
             }
             Err(e) => {
                 if self.log.allow() {
-                    tracing::error!(error = %e, path = %path.display(), "Cannot open the rotated audit log file again; still writing to the old one");
+                    tracing::error!(error = %e, path = %path.display(), "Cannot open the audit log file again; still writing to the old one");
                 }
+                false
             }
         }
     }
@@ -398,9 +413,12 @@ fn append(path: &Path) -> io::Result<File> {
 /// The writer thread's state.
 struct Writer {
     output: Output,
+    reopen: Arc<AtomicBool>,
     /// Lines taken off the queue, not written yet.
     batch: Vec<u8>,
     batch_lines: u64,
+    /// The output ends in a line cut short by a failed write (a full disk takes what fits).
+    cut_line: bool,
     write_error: Counter,
     /// The last write failed (its recovery is logged).
     failing: bool,
@@ -450,23 +468,46 @@ impl Writer {
         self.write();
     }
 
-    /// Writes the batch. A batch the output refuses is dropped and its lines counted
-    /// (`write_error`), though part of it may have been written (a full disk takes what fits,
-    /// and the file then ends in a line cut short).
+    /// Writes the batch. Lines the output refuses are dropped and counted (`write_error`); a
+    /// line cut short by a full disk is ended before the next write, so no record is glued
+    /// onto it.
     fn write(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        self.output.reopen_if_rotated();
-        match self.output.file.write_all(&self.batch) {
+        if self
+            .output
+            .reopen_if_rotated(self.reopen.swap(false, Ordering::Relaxed))
+        {
+            self.cut_line = false;
+        }
+        // A file emptied meanwhile (copytruncate) has no line to end.
+        if self.cut_line && self.output.file.metadata().is_ok_and(|m| m.len() == 0) {
+            self.cut_line = false;
+        }
+        let ending = usize::from(self.cut_line);
+        let (written, result) = if self.cut_line {
+            write_some(&mut self.output.file, &[b"\n", &self.batch[..]].concat())
+        } else {
+            write_some(&mut self.output.file, &self.batch)
+        };
+        match result {
             Ok(()) => {
+                self.cut_line = false;
                 if self.failing {
                     tracing::info!("Audit log writable again");
                     self.failing = false;
                 }
             }
             Err(e) => {
-                self.write_error.inc_by(self.batch_lines);
+                // What reached the output: the line ending owed, then some of the batch.
+                let done = written.saturating_sub(ending).min(self.batch.len());
+                let whole_lines = self.batch[..done].iter().filter(|&&b| b == b'\n').count();
+                if written >= ending {
+                    self.cut_line = done > 0 && self.batch[done - 1] != b'\n';
+                }
+                self.write_error
+                    .inc_by(self.batch_lines - whole_lines as u64);
                 self.failing = true;
                 if self.log.allow() {
                     tracing::error!(
@@ -481,6 +522,20 @@ impl Writer {
         self.batch.shrink_to(BATCH_BYTES);
         self.batch_lines = 0;
     }
+}
+
+/// Writes `bytes` like `write_all`, and says how many were written before an error.
+fn write_some(out: &mut impl Write, bytes: &[u8]) -> (usize, io::Result<()>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match out.write(&bytes[written..]) {
+            Ok(0) => return (written, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
 }
 
 #[cfg(test)]
@@ -744,10 +799,10 @@ mod tests {
         output.check_every = Duration::from_secs(3600);
         std::fs::rename(&path, &rotated).unwrap();
         // Within the interval: still the old file.
-        output.reopen_if_rotated();
+        output.reopen_if_rotated(false);
         output.file.write_all(b"one\n").unwrap();
         output.check_every = Duration::ZERO;
-        output.reopen_if_rotated();
+        output.reopen_if_rotated(false);
         output.file.write_all(b"two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");

@@ -97,6 +97,7 @@ pub async fn run(
             .push(("provisioner", Arc::new(move || readiness.reason())));
     }
     let mut provisioner = provisioner.map(|p| tokio::spawn(p.run(server.stopping())));
+    let hangups = reopen_audit_on_hangup(server.audit()).context("cannot handle SIGHUP")?;
     let admin_addr = admin_listener.local_addr()?;
     let admin_limits = admin::AdminLimits {
         conn: server.conn_limits(),
@@ -124,6 +125,7 @@ pub async fn run(
         }
     };
     let result = server.run(shutdown, failed).await;
+    hangups.abort();
     if let Some(task) = provisioner {
         match tokio::time::timeout(JOIN_LIMIT, task).await {
             Ok(Ok(Err(e))) => tracing::error!(
@@ -173,6 +175,27 @@ pub async fn run_provisioner(
     let admin = async move { admin.await.context("admin port failed") };
     let (admin, run) = tokio::join!(admin, provisioner.run(shutdown));
     run.and(admin)
+}
+
+/// SIGHUP opens the audit log file again (after a rotation that renamed it, logrotate's
+/// `postrotate`) instead of ending the process, as it would by default. Registered before it
+/// returns, so no SIGHUP after the start can end the process.
+fn reopen_audit_on_hangup(
+    audit: audit::AuditSender,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup())?;
+        Ok(tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: opening the audit log file again");
+                audit.reopen();
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    Ok(tokio::spawn(async move { drop(audit) }))
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

@@ -1460,6 +1460,8 @@ fn the_alerts_cover_webhook_errors_latency_provisioning_and_volume_usage() {
         // volume usage near its request
         "kube_persist_volume_used_bytes",
         "kube_persist_volume_requested_bytes",
+        // audit records lost
+        "kube_persist_audit_records_dropped_total",
     ] {
         assert!(covered(metric), "no alert uses {metric}");
     }
@@ -1469,6 +1471,12 @@ fn the_alerts_cover_webhook_errors_latency_provisioning_and_volume_usage() {
     let server = kube_persist::metrics::WebhookMetrics::register(&mut registry);
     server.reload("policy", true);
     server.error("malformed_json");
+    server
+        .audit_dropped
+        .get_or_create(&kube_persist::metrics::AuditDropLabels {
+            reason: "queue_full",
+        })
+        .inc();
     server
         .requests
         .get_or_create(&kube_persist::metrics::RequestLabels {

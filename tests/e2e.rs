@@ -5,7 +5,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use common::{Client, Proto, Webhook, apply_patch, fixture, review_of};
 use hyper::{Method, StatusCode};
@@ -400,4 +404,126 @@ async fn a_stalled_body_gets_408_and_the_connection_cap_holds() {
         client.review(prometheus_review().0).await.unwrap()["response"]["allowed"],
         true
     );
+}
+
+/// The audit lines in `dir/audit.log`, as text.
+fn audit_text(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default()
+}
+
+fn prlimit_fsize(pid: u32, limit: &str) {
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--fsize={limit}")])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success(), "prlimit --fsize={limit}");
+}
+
+async fn dropped_for_write_errors(webhook: &Webhook) -> u64 {
+    let (_, metrics) = webhook.admin_get("/metrics").await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with("kube_persist_audit_records_dropped_total{reason=\"write_error\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A full disk (here a file-size limit, which takes the part of a write that fits, as a full
+/// disk does) drops and counts records, never blocks admission, and the next record after
+/// space comes back starts on a line of its own instead of being glued onto the cut one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_drops_records_but_never_glues_one_onto_a_cut_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // A write past the limit fails with EFBIG instead of raising SIGXFSZ.
+    let launcher = ["bash", "-c", "trap '' XFSZ; exec \"$0\" \"$@\""];
+    let webhook = Webhook::start_via(&launcher, dir.path(), &[], &[]);
+    let pid = webhook.child.id();
+    let (body, _) = prometheus_review();
+    let mut c = webhook.client(Proto::H1).await;
+    c.review(body.clone()).await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || audit_text(
+        dir.path()
+    )
+    .lines()
+    .count()
+        == 1));
+    let full = audit_text(dir.path()).len() + 200;
+    prlimit_fsize(pid, &format!("{full}:unlimited"));
+    for _ in 0..3 {
+        let answer = c.review(body.clone()).await.unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+    }
+    let mut dropped = 0;
+    for _ in 0..50 {
+        dropped = dropped_for_write_errors(&webhook).await;
+        if dropped == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dropped, 3, "{}", webhook.stderr());
+    assert_eq!(audit_text(dir.path()).len(), full, "the disk took what fit");
+
+    prlimit_fsize(pid, "unlimited:unlimited");
+    c.review(body.clone()).await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || audit_text(
+        dir.path()
+    )
+    .ends_with("}\n")
+        && audit_text(dir.path()).len() > full + 10));
+    let text = audit_text(dir.path());
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "first record, the cut one, the last: {text}"
+    );
+    for whole in [lines[0], lines[2]] {
+        let record: Value = serde_json::from_str(whole).unwrap_or_else(|e| panic!("{e}: {whole}"));
+        assert_eq!(record["decision"], "mutated");
+    }
+    assert_eq!(lines[1].len(), 200, "the cut line is alone on its line");
+    assert_eq!(lines[1].matches("{\"ts\"").count(), 1, "{}", lines[1]);
+}
+
+/// SIGHUP opens the audit log again (logrotate's `create` with a `postrotate` signal) and does
+/// not end the webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_opens_the_audit_log_again_and_the_webhook_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut webhook = Webhook::start(dir.path(), &[]);
+    let (body, _) = prometheus_review();
+    let mut c = webhook.client(Proto::H1).await;
+    c.review(body.clone()).await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || audit_text(
+        dir.path()
+    )
+    .lines()
+    .count()
+        == 1));
+    std::fs::rename(dir.path().join("audit.log"), dir.path().join("audit.log.1")).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &webhook.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || webhook
+            .stderr()
+            .contains("SIGHUP")),
+        "{}",
+        webhook.stderr()
+    );
+    let answer = c.review(body.clone()).await.unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(wait_until(Duration::from_secs(5), || audit_text(
+        dir.path()
+    )
+    .lines()
+    .count()
+        == 1));
+    let rotated = std::fs::read_to_string(dir.path().join("audit.log.1")).unwrap();
+    assert_eq!(rotated.lines().count(), 1);
+    assert!(webhook.child.try_wait().unwrap().is_none(), "still running");
+    assert!(webhook.terminate().success());
 }

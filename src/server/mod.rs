@@ -33,7 +33,7 @@ use conns::{ConnLimits, ConnState, Slots};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    audit::{AuditLog, AuditTarget},
+    audit::{AuditLog, AuditSender, AuditTarget},
     cli::{ServeConfig, TlsSource},
     metrics::WebhookMetrics,
     policy::Policy,
@@ -168,6 +168,11 @@ impl Server {
     /// The limits the admin port shares with the webhook.
     pub fn conn_limits(&self) -> ConnLimits {
         self.limits
+    }
+
+    /// A handle on the audit log (to open its file again on SIGHUP).
+    pub fn audit(&self) -> AuditSender {
+        self.audit.sender()
     }
 
     /// The webhook's bound address.

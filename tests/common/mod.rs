@@ -79,6 +79,17 @@ impl Webhook {
 
     /// [`Webhook::start`] with further environment variables.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhook {
+        Webhook::start_via(&[], dir, extra, env)
+    }
+
+    /// [`Webhook::start`] through `launcher`, a command that ends by running its first
+    /// argument with the rest (e.g. `bash -c 'trap "" XFSZ; exec "$0" "$@"'`).
+    pub fn start_via(
+        launcher: &[&str],
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Webhook {
         if !dir.join("tls.crt").exists() {
             write_certs(dir);
         }
@@ -109,7 +120,7 @@ impl Webhook {
             args.extend(["--shutdown-delay".to_string(), "0".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, stderr, rx) = spawn_with_env(&args, dir, env);
+        let (child, stderr, rx) = spawn_via(launcher, &args, dir, env);
         let listening = wait_for_line(&rx, Duration::from_secs(20), |v| {
             v["message"] == "Listening"
         })
@@ -211,7 +222,20 @@ pub fn spawn(args: &[String], dir: &Path) -> Lines {
 
 /// [`spawn`] with further environment variables.
 pub fn spawn_with_env(args: &[String], dir: &Path, env: &[(&str, &str)]) -> Lines {
-    let mut child = Command::new(binary())
+    spawn_via(&[], args, dir, env)
+}
+
+/// [`spawn_with_env`] through `launcher` (see [`Webhook::start_via`]).
+pub fn spawn_via(launcher: &[&str], args: &[String], dir: &Path, env: &[(&str, &str)]) -> Lines {
+    let mut command = match launcher {
+        [] => Command::new(binary()),
+        [program, rest @ ..] => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(binary());
+            command
+        }
+    };
+    let mut child = command
         .args(args)
         .envs(env.iter().copied())
         .current_dir(dir)

@@ -32,6 +32,7 @@ use k8s_openapi::{
             ConfigMap, Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, Service,
             ServiceAccount,
         },
+        networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
         storage::v1::StorageClass,
@@ -53,6 +54,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "deploy/overlays/fail-closed",
     "deploy/overlays/cert-manager",
     "deploy/overlays/monitoring",
+    "deploy/overlays/network-policy",
     "deploy/examples",
 ];
 
@@ -63,6 +65,7 @@ const INSTALLS: &[&str] = &[
     "deploy/overlays/fail-closed",
     "deploy/overlays/cert-manager",
     "deploy/overlays/monitoring",
+    "deploy/overlays/network-policy",
 ];
 
 const NAMESPACE: &str = "kube-persist";
@@ -196,6 +199,7 @@ fn check_object(v: &Value) -> Result<bool, String> {
         ("apps/v1", "Deployment") => check_typed::<Deployment>(v),
         ("apps/v1", "StatefulSet") => check_typed::<StatefulSet>(v),
         ("policy/v1", "PodDisruptionBudget") => check_typed::<PodDisruptionBudget>(v),
+        ("networking.k8s.io/v1", "NetworkPolicy") => check_typed::<NetworkPolicy>(v),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => check_typed::<ClusterRole>(v),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             check_typed::<ClusterRoleBinding>(v)
@@ -1441,6 +1445,63 @@ fn the_service_monitor_scrapes_the_admin_port_of_our_service() {
             );
         }
     }
+}
+
+/// The NetworkPolicy lets the webhook port in only from an address block (the API server's,
+/// which the user sets: the placeholder is no CIDR, so an unedited policy is refused rather
+/// than cutting the webhook off) and the admin port only from Prometheus pods, and it selects
+/// the pods by the labels and port names the Deployment has.
+#[test]
+fn the_network_policy_admits_the_api_server_and_monitoring_only() {
+    let docs = rendered("deploy/overlays/network-policy");
+    let policy = docs
+        .iter()
+        .find(|d| kind_of(d) == ("networking.k8s.io/v1", "NetworkPolicy"))
+        .expect("the overlay renders a NetworkPolicy");
+    let deployment = docs
+        .iter()
+        .find(|d| kind_of(d).1 == "Deployment")
+        .expect("a Deployment");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&pod_labels[key], value, "podSelector {key}");
+    }
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let ports: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    let port_of = |rule: &Value| rule["ports"][0]["port"].as_str().unwrap().to_string();
+    for rule in rules {
+        assert!(ports.contains(&port_of(rule).as_str()), "{rule}");
+        assert_eq!(rule["ports"].as_array().unwrap().len(), 1, "{rule}");
+    }
+    let webhook = rules.iter().find(|r| port_of(r) == "https").unwrap();
+    let from = webhook["from"].as_array().unwrap();
+    assert!(from.iter().all(|f| f.get("ipBlock").is_some() && f.as_object().unwrap().len() == 1));
+    let placeholder = from[0]["ipBlock"]["cidr"].as_str().unwrap();
+    let (address, bits) = placeholder.split_once('/').unwrap_or((placeholder, ""));
+    assert!(
+        address.parse::<std::net::IpAddr>().is_err() || bits.parse::<u8>().is_err(),
+        "the placeholder {placeholder:?} must not be a usable CIDR"
+    );
+    let admin = rules.iter().find(|r| port_of(r) == "admin").unwrap();
+    let from = &admin["from"][0];
+    assert_eq!(
+        from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert_eq!(
+        from["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
 }
 
 #[test]

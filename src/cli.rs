@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// PEM private key of the webhook (PKCS#8, SEC1 or PKCS#1).
     #[arg(long, env = "KUBE_PERSIST_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs whose client certificates may call the webhook. When set, a client
+    /// must present a certificate they signed (the API server does, from the kubeconfig of its
+    /// admission configuration); without it anyone who reaches the port can post reviews.
+    #[arg(long, env = "KUBE_PERSIST_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// Where the development CA certificate is written when no certificate is given.
     #[arg(long, default_value = "certs/dev", env = "KUBE_PERSIST_DEV_CERT_DIR")]
     pub dev_cert_dir: PathBuf,
@@ -308,6 +313,8 @@ pub struct ServeConfig {
     pub admin_listen: SocketAddr,
     /// Where the serving certificate comes from.
     pub tls: TlsSource,
+    /// `--client-ca`: verify client certificates against these CAs.
+    pub client_ca: Option<PathBuf>,
     /// Policy file; `None` applies the built-in defaults.
     pub policy: Option<PathBuf>,
     /// Body limit in bytes.
@@ -378,6 +385,7 @@ impl ServeArgs {
             admin_listen,
             tls_cert,
             tls_key,
+            client_ca,
             dev_cert_dir,
             policy,
             max_body,
@@ -423,6 +431,7 @@ impl ServeArgs {
             listen,
             admin_listen,
             tls,
+            client_ca,
             policy,
             max_body,
             max_body_memory,

@@ -1469,7 +1469,10 @@ fn the_network_policy_admits_the_api_server_and_monitoring_only() {
     {
         assert_eq!(&pod_labels[key], value, "podSelector {key}");
     }
-    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
     let ports: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
         .as_array()
         .unwrap()
@@ -1485,7 +1488,10 @@ fn the_network_policy_admits_the_api_server_and_monitoring_only() {
     }
     let webhook = rules.iter().find(|r| port_of(r) == "https").unwrap();
     let from = webhook["from"].as_array().unwrap();
-    assert!(from.iter().all(|f| f.get("ipBlock").is_some() && f.as_object().unwrap().len() == 1));
+    assert!(
+        from.iter()
+            .all(|f| f.get("ipBlock").is_some() && f.as_object().unwrap().len() == 1)
+    );
     let placeholder = from[0]["ipBlock"]["cidr"].as_str().unwrap();
     let (address, bits) = placeholder.split_once('/').unwrap_or((placeholder, ""));
     assert!(

@@ -360,6 +360,7 @@ async fn a_failed_part_stops_the_webhook_at_once() {
         tls: kube_persist::cli::TlsSource::Dev {
             ca_dir: tmp.path().to_path_buf(),
         },
+        client_ca: None,
         policy: None,
         max_body: 1 << 20,
         max_body_memory: 1 << 22,

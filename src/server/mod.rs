@@ -64,6 +64,7 @@ impl Server {
             listen,
             admin_listen: _,
             tls: tls_source,
+            client_ca,
             policy: policy_path,
             max_body,
             max_body_memory,
@@ -104,7 +105,12 @@ impl Server {
         };
         let key = pair.certified_key(&cert_path, &key_path, &provider)?;
         let resolver = Arc::new(tls::CertResolver::new(key));
-        let tls = Arc::new(tls::server_config(resolver.clone(), provider.clone())?);
+        let client_roots = client_ca.as_deref().map(tls::client_roots).transpose()?;
+        let tls = Arc::new(tls::server_config(
+            resolver.clone(),
+            provider.clone(),
+            client_roots,
+        )?);
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on --listen {listen}"))?;

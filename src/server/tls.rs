@@ -10,10 +10,10 @@ use std::{
 
 use arc_swap::ArcSwap;
 use rustls::{
-    ServerConfig,
+    RootCertStore, ServerConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::{ClientHello, ResolvesServerCert},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
 };
 
@@ -50,6 +50,9 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    /// `--client-ca` holds no usable CA certificate.
+    #[error("--client-ca {path}: {problem}")]
+    ClientCa { path: PathBuf, problem: String },
     /// The development certificate could not be made or written.
     #[error("development certificate: {0}")]
     Dev(String),
@@ -146,15 +149,45 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The rustls configuration of the webhook.
+/// The CAs of `--client-ca` (a PEM bundle), read once at start.
+pub fn client_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let problem = |problem: String| TlsError::ClientCa {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| problem(format!("malformed PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| problem(format!("not a CA certificate rustls can use: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(problem("no PEM certificate found".to_string()));
+    }
+    Ok(roots)
+}
+
+/// The rustls configuration of the webhook; with `client_roots`, a client must present a
+/// certificate one of them signed.
 pub fn server_config(
     resolver: Arc<CertResolver>,
     provider: Arc<CryptoProvider>,
+    client_roots: Option<RootCertStore>,
 ) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -310,14 +310,29 @@ pub fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
     config
 }
 
+/// The ALPN protocol of `proto`.
+pub fn alpn(proto: Proto) -> &'static [&'static [u8]] {
+    match proto {
+        Proto::H1 => &[b"http/1.1"],
+        Proto::H2 => &[b"h2"],
+    }
+}
+
 impl Client {
     /// Connects to `addr` as `localhost`.
     pub async fn connect(addr: SocketAddr, ca_pem: &str, proto: Proto) -> Result<Client, String> {
-        let alpn: &[&[u8]] = match proto {
-            Proto::H1 => &[b"http/1.1"],
-            Proto::H2 => &[b"h2"],
-        };
-        let connector = TlsConnector::from(Arc::new(client_config(ca_pem, alpn)));
+        Client::connect_with(addr, client_config(ca_pem, alpn(proto)), proto).await
+    }
+
+    /// [`Client::connect`] with a client configuration of the caller's (its ALPN set for
+    /// `proto`), e.g. one that presents a client certificate.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        config: rustls::ClientConfig,
+        proto: Proto,
+    ) -> Result<Client, String> {
+        let alpn = alpn(proto);
+        let connector = TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let tls = connector

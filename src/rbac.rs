@@ -24,9 +24,9 @@ pub const API_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "",
         resource: "persistentvolumes",
-        verbs: &["create", "delete", "list", "watch"],
+        verbs: &["create", "delete", "get", "list", "watch"],
         namespaced: false,
-        used_by: "provisioner: create PVs for claims, delete released ones (cache via list/watch)",
+        used_by: "provisioner: create PVs for claims, delete released ones (cache via list/watch, read afresh before any data goes)",
     },
     ApiAccess {
         group: "",

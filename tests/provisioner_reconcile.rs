@@ -159,7 +159,7 @@ impl Verifier {
         assert_eq!(event["regarding"]["name"], regarding, "{event}");
         assert_eq!(event["reportingController"], NAME, "{event}");
         assert_eq!(event["reportingInstance"], "test-pod", "{event}");
-        let expected_type = if reason.contains("Failed") {
+        let expected_type = if reason.contains("Failed") || reason == "VolumeDataKept" {
             "Warning"
         } else {
             "Normal"
@@ -551,7 +551,149 @@ async fn rejected_pv_rolls_back_the_directory_we_created() {
     )
     .await;
     task.await.unwrap().unwrap_err();
-    assert!(root.path().join(DIR).is_dir());
+    // Any failure takes back the directory made in the attempt: a claim deleted before the
+    // retry leaves nothing behind, and the retry makes it again.
+    assert!(!root.path().join(DIR).exists(), "directory left behind");
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_reported_once_and_retried_slowly() {
+    let root = tempfile::tempdir().unwrap();
+    let (client, mut api) = mock();
+    let mut pvc = claim();
+    pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    let pvc = Arc::new(pvc);
+    let ctx = context(
+        &client,
+        root.path(),
+        vec![class(&[])],
+        vec![],
+        LeaderHandle::always(),
+    );
+    let task = tokio::spawn(reconcile::reconcile_claim(pvc.clone(), ctx.clone()));
+    api.expect_event(
+        "monitoring",
+        "ProvisioningFailed",
+        "prometheus-k8s-db-prometheus-k8s-0",
+    )
+    .await;
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        reconcile::error_policy(pvc.clone(), &err, ctx.clone()),
+        kube::runtime::controller::Action::requeue(RetryBackoff::SLOW_RETRY)
+    );
+    // The retry fails the same way: no second event.
+    for _ in 0..3 {
+        let again = reconcile::reconcile_claim(pvc.clone(), ctx.clone()).await;
+        assert!(again.is_err());
+        api.idle().await;
+    }
+    assert_eq!(ctx.metrics.failures("block_mode"), 4);
+}
+
+#[tokio::test]
+async fn a_directory_with_data_and_no_volume_is_not_reused_under_a_pattern_that_mixes_namespaces() {
+    let root = tempfile::tempdir().unwrap();
+    // `monitoring-prometheus-k8s-db-prometheus-k8s-0` could be namespace `monitoring` or
+    // `monitoring-prometheus` (claim `k8s-db-prometheus-k8s-0`): it may be another tenant's.
+    let dir = "monitoring-prometheus-k8s-db-prometheus-k8s-0";
+    volume_with_data(root.path(), dir);
+    std::fs::set_permissions(
+        root.path().join(dir),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    let (client, mut api) = mock();
+    let ctx = context(
+        &client,
+        root.path(),
+        vec![class(&[("pathPattern", "${.PVC.namespace}-${.PVC.name}")])],
+        vec![],
+        LeaderHandle::always(),
+    );
+    let task = tokio::spawn(reconcile::reconcile_claim(Arc::new(claim()), ctx.clone()));
+    api.expect_event(
+        "monitoring",
+        "Provisioning",
+        "prometheus-k8s-db-prometheus-k8s-0",
+    )
+    .await;
+    let event = api
+        .expect_event(
+            "monitoring",
+            "ProvisioningFailed",
+            "prometheus-k8s-db-prometheus-k8s-0",
+        )
+        .await;
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("not empty") && note.contains(dir), "{note}");
+    task.await.unwrap().unwrap_err();
+    api.idle().await;
+    assert_eq!(
+        mode_of(&root.path().join(dir)),
+        0o750,
+        "its mode was changed"
+    );
+    assert!(root.path().join(dir).join("chunks/000001").exists());
+
+    // Emptied on the server: provisioned into it.
+    std::fs::remove_dir_all(root.path().join(dir).join("chunks")).unwrap();
+    let task = tokio::spawn(reconcile::reconcile_claim(Arc::new(claim()), ctx));
+    api.expect_event(
+        "monitoring",
+        "Provisioning",
+        "prometheus-k8s-db-prometheus-k8s-0",
+    )
+    .await;
+    let call = api.expect(Method::POST, "/api/v1/persistentvolumes").await;
+    assert_eq!(
+        call.body["spec"]["nfs"]["path"],
+        format!("/srv/nfs/k8s/{dir}")
+    );
+    let pv = created(call.body.clone());
+    call.respond(StatusCode::CREATED, pv);
+    api.expect_event(
+        "monitoring",
+        "ProvisioningSucceeded",
+        "prometheus-k8s-db-prometheus-k8s-0",
+    )
+    .await;
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_deleted_before_its_volume_takes_its_empty_directory_back() {
+    let root = tempfile::tempdir().unwrap();
+    let (client, mut api) = mock();
+    let ctx = context(
+        &client,
+        root.path(),
+        vec![class(&[])],
+        vec![],
+        LeaderHandle::always(),
+    );
+    let mut deleting = claim();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2025-03-02T08:00:00Z".parse().unwrap(),
+        ));
+    // A restart between the directory and the PV left it empty.
+    std::fs::create_dir(root.path().join(DIR)).unwrap();
+    reconcile::reconcile_claim(Arc::new(deleting.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(
+        !root.path().join(DIR).exists(),
+        "empty directory left behind"
+    );
+    // Someone put data in it: it stays.
+    volume_with_data(root.path(), DIR);
+    reconcile::reconcile_claim(Arc::new(deleting), ctx)
+        .await
+        .unwrap();
+    assert!(root.path().join(DIR).join("chunks/000001").exists());
+    api.idle().await;
 }
 
 #[tokio::test]
@@ -570,7 +712,7 @@ async fn unsupported_claims_fail_with_a_clear_event() {
         (
             "traversal",
             json!({"metadata": {"annotations": {"nfs.io/storage-path": "../../etc"}}}),
-            "contains `/` or `..`",
+            "`..` may not appear",
         ),
     ] {
         let root = tempfile::tempdir().unwrap();
@@ -786,6 +928,22 @@ async fn missing_mount_fails_with_a_clear_event_and_readiness() {
 
 // ----- deletion ---------------------------------------------------------------------------
 
+/// Expects the fresh read of the volume that comes before any data is touched, and answers
+/// with `pv` (or 404 for `None`).
+async fn expect_pv_read(api: &mut Verifier, name: &str, pv: Option<&PersistentVolume>) {
+    let call = api
+        .expect(Method::GET, &format!("/api/v1/persistentvolumes/{name}"))
+        .await;
+    match pv {
+        Some(pv) => call.respond(StatusCode::OK, serde_json::to_value(pv).unwrap()),
+        None => call.respond_status(
+            404,
+            "NotFound",
+            &format!("persistentvolumes \"{name}\" not found"),
+        ),
+    }
+}
+
 async fn expect_pv_delete(api: &mut Verifier, answer: u16) {
     let call = api
         .expect(Method::DELETE, &format!("/api/v1/persistentvolumes/{PV}"))
@@ -839,6 +997,7 @@ async fn delete_archives_and_never_overwrites_an_archive() {
         Arc::new(released()),
         ctx.clone(),
     ));
+    expect_pv_read(&mut api, PV, Some(&released())).await;
     expect_pv_delete(&mut api, 200).await;
     task.await.unwrap().unwrap();
     api.idle().await;
@@ -881,7 +1040,9 @@ async fn delete_archives_nested_directories_in_place() {
         vec![pv.clone()],
         LeaderHandle::always(),
     );
+    let pv_seen = pv.clone();
     let task = tokio::spawn(reconcile::reconcile_volume(Arc::new(pv), ctx));
+    expect_pv_read(&mut api, PV, Some(&pv_seen)).await;
     expect_pv_delete(&mut api, 200).await;
     task.await.unwrap().unwrap();
     assert!(
@@ -906,6 +1067,7 @@ async fn delete_with_on_delete_retain_keeps_the_directory() {
         LeaderHandle::always(),
     );
     let task = tokio::spawn(reconcile::reconcile_volume(Arc::new(released()), ctx));
+    expect_pv_read(&mut api, PV, Some(&released())).await;
     expect_pv_delete(&mut api, 200).await;
     task.await.unwrap().unwrap();
     assert!(root.path().join(DIR).join("chunks/000001").exists());
@@ -930,6 +1092,7 @@ async fn delete_with_on_delete_delete_removes_the_directory() {
     );
     let task = tokio::spawn(reconcile::reconcile_volume(Arc::new(released()), ctx));
     // The PV vanished meanwhile (someone else deleted it): 404 is success.
+    expect_pv_read(&mut api, PV, Some(&released())).await;
     expect_pv_delete(&mut api, 404).await;
     task.await.unwrap().unwrap();
     assert!(!root.path().join(DIR).exists());
@@ -950,6 +1113,7 @@ async fn delete_with_archive_on_delete_false_removes_the_directory() {
         LeaderHandle::always(),
     );
     let task = tokio::spawn(reconcile::reconcile_volume(Arc::new(released()), ctx));
+    expect_pv_read(&mut api, PV, Some(&released())).await;
     expect_pv_delete(&mut api, 200).await;
     task.await.unwrap().unwrap();
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
@@ -971,7 +1135,10 @@ async fn delete_with_missing_directory_still_deletes_the_pv() {
         Arc::new(released()),
         ctx.clone(),
     ));
+    expect_pv_read(&mut api, PV, Some(&released())).await;
+    // A 409: the precondition failed. Done only because a fresh read shows our PV gone.
     expect_pv_delete(&mut api, 409).await;
+    expect_pv_read(&mut api, PV, None).await;
     task.await.unwrap().unwrap();
     api.idle().await;
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
@@ -1034,6 +1201,162 @@ async fn volumes_outside_the_export_are_never_touched() {
     task.await.unwrap().unwrap_err();
     api.idle().await;
     assert!(root.path().join("etc/chunks/000001").exists());
+}
+
+#[tokio::test]
+async fn deletion_reads_the_volume_afresh_and_stops_when_it_changed() {
+    // The cache says Released; the API server says otherwise now.
+    let mut rebound = released();
+    rebound.status.as_mut().unwrap().phase = Some("Bound".into());
+    let mut recreated = released();
+    recreated.metadata.uid = Some("11111111-2222-3333-4444-555555555555".into());
+    let mut retained = released();
+    retained
+        .spec
+        .as_mut()
+        .unwrap()
+        .persistent_volume_reclaim_policy = Some("Retain".into());
+    for (what, fresh) in [
+        ("gone", None),
+        ("bound again", Some(rebound)),
+        ("another object of that name", Some(recreated)),
+        ("reclaim policy now Retain", Some(retained)),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        volume_with_data(root.path(), DIR);
+        let (client, mut api) = mock();
+        let ctx = context(
+            &client,
+            root.path(),
+            vec![class(&[("onDelete", "delete")])],
+            vec![released()],
+            LeaderHandle::always(),
+        );
+        let task = tokio::spawn(reconcile::reconcile_volume(Arc::new(released()), ctx));
+        expect_pv_read(&mut api, PV, fresh.as_ref()).await;
+        task.await.unwrap().unwrap();
+        api.idle().await;
+        assert!(
+            root.path().join(DIR).join("chunks/000001").exists(),
+            "{what}: data removed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_409_on_delete_is_not_done_while_our_volume_is_still_there() {
+    let root = tempfile::tempdir().unwrap();
+    volume_with_data(root.path(), DIR);
+    let (client, mut api) = mock();
+    let ctx = context(
+        &client,
+        root.path(),
+        vec![class(&[])],
+        vec![released()],
+        LeaderHandle::always(),
+    );
+    let task = tokio::spawn(reconcile::reconcile_volume(
+        Arc::new(released()),
+        ctx.clone(),
+    ));
+    expect_pv_read(&mut api, PV, Some(&released())).await;
+    expect_pv_delete(&mut api, 409).await;
+    expect_pv_read(&mut api, PV, Some(&released())).await;
+    api.expect_event("default", "VolumeFailedDelete", PV).await;
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("deleting PersistentVolume"),
+        "{err}"
+    );
+    assert!(!err.is_permanent());
+    assert_eq!(
+        ctx.metrics.operations(Operation::Delete, OpResult::Success),
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_on_delete_spelled_differently_archives_as_upstream_does_and_says_so() {
+    for (params, kept_as) in [
+        (&[("onDelete", "Delete")][..], "archived"),
+        (
+            &[("onDelete", "Delete"), ("archiveOnDelete", "false")][..],
+            "in place",
+        ),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        volume_with_data(root.path(), DIR);
+        let (client, mut api) = mock();
+        let ctx = context(
+            &client,
+            root.path(),
+            vec![class(params)],
+            vec![released()],
+            LeaderHandle::always(),
+        );
+        let task = tokio::spawn(reconcile::reconcile_volume(Arc::new(released()), ctx));
+        expect_pv_read(&mut api, PV, Some(&released())).await;
+        let event = api.expect_event("default", "VolumeDataKept", PV).await;
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("`Delete`") && note.contains("onDelete"),
+            "{note}"
+        );
+        expect_pv_delete(&mut api, 200).await;
+        task.await.unwrap().unwrap();
+        let kept = match kept_as {
+            "archived" => root.path().join(format!("archived-{DIR}")),
+            _ => root.path().join(DIR),
+        };
+        assert!(kept.join("chunks/000001").exists(), "{params:?}: data gone");
+    }
+}
+
+#[tokio::test]
+async fn a_volume_whose_server_is_spelled_differently_is_still_cleaned_up() {
+    let root = tempfile::tempdir().unwrap();
+    volume_with_data(root.path(), DIR);
+    let mut pv = released();
+    pv.spec.as_mut().unwrap().nfs.as_mut().unwrap().server = "10.0.0.5".into();
+    let (client, mut api) = mock();
+    let ctx = context(
+        &client,
+        root.path(),
+        vec![class(&[("onDelete", "delete")])],
+        vec![pv.clone()],
+        LeaderHandle::always(),
+    );
+    let task = tokio::spawn(reconcile::reconcile_volume(Arc::new(pv.clone()), ctx));
+    expect_pv_read(&mut api, PV, Some(&pv)).await;
+    expect_pv_delete(&mut api, 200).await;
+    task.await.unwrap().unwrap();
+    assert!(!root.path().join(DIR).exists());
+}
+
+#[tokio::test]
+async fn usage_walk_can_be_turned_off_per_class() {
+    let root = tempfile::tempdir().unwrap();
+    volume_with_data(root.path(), DIR);
+    let mut bound = released();
+    bound.status.as_mut().unwrap().phase = Some("Bound".into());
+    for (params, measured) in [(&[][..], 1), (&[("usageWalk", "false")][..], 0)] {
+        let (client, _api) = mock();
+        let ctx = context(
+            &client,
+            root.path(),
+            vec![class(params)],
+            vec![bound.clone()],
+            LeaderHandle::always(),
+        );
+        let mut known = std::collections::HashSet::new();
+        let got = reconcile::measure_volumes(
+            &ctx,
+            kube_persist::provisioner::volume::WalkLimits::default(),
+            &mut known,
+        )
+        .await;
+        assert_eq!(got.len(), measured, "{params:?}");
+    }
 }
 
 // ----- leadership -------------------------------------------------------------------------
@@ -1241,7 +1564,7 @@ fn rbac_table_is_exactly_what_the_provisioner_uses() {
             (
                 "",
                 "persistentvolumes",
-                vec!["create", "delete", "list", "watch"]
+                vec!["create", "delete", "get", "list", "watch"]
             ),
             ("", "persistentvolumeclaims", vec!["list", "watch"]),
             ("storage.k8s.io", "storageclasses", vec!["list", "watch"]),

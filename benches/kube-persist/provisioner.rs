@@ -77,10 +77,10 @@ pub fn bench_plan(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(1));
     group.bench_function("provision_default_naming", |b| {
-        b.iter(|| plan::plan_provision(black_box(&claim), Some(&default_class), &cfg, None))
+        b.iter(|| plan::plan_provision(black_box(&claim), Some(&default_class), &cfg, None, &[]))
     });
     group.bench_function("provision_path_pattern", |b| {
-        b.iter(|| plan::plan_provision(black_box(&claim), Some(&pattern_class), &cfg, None))
+        b.iter(|| plan::plan_provision(black_box(&claim), Some(&pattern_class), &cfg, None, &[]))
     });
     group.bench_function("delete_archive", |b| {
         b.iter(|| {
@@ -209,6 +209,7 @@ pub fn bench_cycle(c: &mut Criterion) {
                         ctx.classes.state().first().map(AsRef::as_ref),
                         &ctx.config,
                         None,
+                        &[],
                     ) {
                         plan::ProvisionDecision::Provision(p) => p,
                         other => panic!("{other:?}"),

@@ -6,19 +6,14 @@
 //! Checked for every volume planned:
 //! - its directory is made of plain components (none empty, `.`, `..`, with `/` or NUL, or
 //!   longer than 255 bytes), so joined onto the mount it names a directory strictly below it;
-//! - without a `pathPattern` it is `<namespace>-<pvc>-pvc-<uid>`; with one, it is the
-//!   expansion `expand_path_pattern` gives;
+//! - without a `pathPattern`, or with one that expands to nothing, it is
+//!   `<namespace>-<pvc>-pvc-<uid>`; otherwise it is the expansion `expand_path_pattern` gives;
 //! - the PV's `spec.nfs.path` is `NFS_PATH` joined with the directory, and deletion reads the
 //!   same directory back from it;
-//! - claims with different uids never get the same directory without a `pathPattern`;
-//!   directories from one `pathPattern` have the same depth, so none is nested in another
-//!   (they may be equal: claims may share a directory through a pattern);
-//! - deletion keeps a directory another live volume uses, and otherwise archives it under
-//!   names that are valid and at most 255 bytes.
-//!
-//! Not checked, because the code does not promise it: that the default directories of claims
-//! whose names contain `/` are not nested in one another (the API server only admits DNS names,
-//! and the default directory does not refuse `/` in them the way a `pathPattern` value does).
+//! - claims planned one after the other, each planned volume joining the known ones as the
+//!   reconciler does, never get directories that are equal or nested;
+//! - deletion archives a volume's directory under names that are valid and at most 255 bytes,
+//!   and keeps it when another volume uses the same directory.
 #![no_main]
 
 use std::{
@@ -38,6 +33,7 @@ use kube_persist::provisioner::{
     plan::{
         DeleteDecision, DirAction, NAME_MAX, PatternVars, ProvisionDecision, RelDir, RetainReason,
         dir_from_nfs_path, expand_path_pattern, nfs_path_for, plan_delete, plan_provision,
+        relation,
     },
 };
 use libfuzzer_sys::fuzz_target;
@@ -177,7 +173,6 @@ fuzz_target!(|case: Case| {
 });
 
 struct Planned {
-    pvc: PersistentVolumeClaim,
     dir: RelDir,
     pv: PersistentVolume,
 }
@@ -207,7 +202,9 @@ fn check(case: &Case) {
     let mut planned = Vec::new();
     for claim in case.claims.iter().take(6) {
         let pvc = claim.to_pvc();
-        let ProvisionDecision::Provision(plan) = plan_provision(&pvc, Some(&class), &config, None)
+        let known: Vec<&PersistentVolume> = planned.iter().map(|p: &Planned| &p.pv).collect();
+        let ProvisionDecision::Provision(plan) =
+            plan_provision(&pvc, Some(&class), &config, None, &known)
         else {
             continue;
         };
@@ -216,12 +213,15 @@ fn check(case: &Case) {
         let meta = &pvc.metadata;
         let namespace = meta.namespace.as_deref().unwrap_or("default");
         let name = meta.name.as_deref().unwrap_or_default();
-        let expected = match &pattern {
-            None => RelDir::parse(&format!(
+        let default = || {
+            RelDir::parse(&format!(
                 "{namespace}-{name}-pvc-{}",
                 meta.uid.as_deref().unwrap_or_default()
-            )),
-            Some(pattern) => expand_path_pattern(
+            ))
+        };
+        let expected = match &pattern {
+            None => default(),
+            Some(pattern) => match expand_path_pattern(
                 pattern,
                 PatternVars {
                     namespace,
@@ -229,7 +229,11 @@ fn check(case: &Case) {
                     labels: meta.labels.as_ref(),
                     annotations: meta.annotations.as_ref(),
                 },
-            ),
+            ) {
+                Ok(Some(dir)) => Ok(dir),
+                Ok(None) => default(),
+                Err(e) => Err(e),
+            },
         };
         assert_eq!(expected.as_ref(), Ok(&dir), "the planned directory");
 
@@ -248,7 +252,6 @@ fn check(case: &Case) {
             config.nfs_path
         );
         planned.push(Planned {
-            pvc,
             dir,
             pv: plan.pv,
         });
@@ -256,19 +259,13 @@ fn check(case: &Case) {
 
     for (i, a) in planned.iter().enumerate() {
         for b in &planned[i + 1..] {
-            match &pattern {
-                None if a.pvc.metadata.uid != b.pvc.metadata.uid => {
-                    assert_ne!(a.dir, b.dir, "two claims got the same default directory");
-                }
-                None => {}
-                Some(_) => assert_eq!(
-                    a.dir.components().len(),
-                    b.dir.components().len(),
-                    "one pathPattern, directories of different depth: {} and {}",
-                    a.dir,
-                    b.dir
-                ),
-            }
+            assert_eq!(
+                relation(&a.dir, &b.dir),
+                None,
+                "two volumes meet: {} and {}",
+                a.dir,
+                b.dir
+            );
         }
     }
 
@@ -279,38 +276,37 @@ fn check(case: &Case) {
             phase: Some("Released".to_string()),
             ..PersistentVolumeStatus::default()
         });
-        // The others are live, bound volumes; one of another name shares only by directory.
-        let others: Vec<PersistentVolume> = planned
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(j, o)| {
-                let mut other = o.pv.clone();
-                other.metadata.name = Some(format!("other-{j}"));
-                other
-            })
-            .collect();
-        let others: Vec<&PersistentVolume> = others.iter().collect();
-        let shared = planned
-            .iter()
-            .enumerate()
-            .any(|(j, o)| j != i && o.dir == p.dir);
+        // The others are live, bound volumes; none meets this one (checked above).
+        let others: Vec<&PersistentVolume> = planned.iter().map(|o| &o.pv).collect();
         let DeleteDecision::Delete(plan) =
             plan_delete(&released, Some(&class), &config, &others, STAMP)
         else {
             panic!("a released volume we planned is not cleaned up");
         };
         assert_eq!(plan.dir, p.dir, "deletion reads back the planned directory");
-        match plan.action {
-            DirAction::Retain {
-                reason: RetainReason::Shared(_),
-            } => assert!(shared, "kept as shared, but no other volume uses {}", p.dir),
-            DirAction::Archive { names } => {
-                assert!(!shared, "archived {} while another volume uses it", p.dir);
-                check_archive_names(&p.dir, &names);
-            }
+        match &plan.action {
+            DirAction::Archive { names } => check_archive_names(&p.dir, names),
             other => panic!("unexpected action {other:?} for {}", p.dir),
         }
+        // A volume of another name in the same directory: kept.
+        let mut sharer = p.pv.clone();
+        sharer.metadata.name = Some(format!("sharer-{i}"));
+        let DeleteDecision::Delete(plan) =
+            plan_delete(&released, Some(&class), &config, &[&sharer], STAMP)
+        else {
+            panic!("a released volume we planned is not cleaned up");
+        };
+        assert!(
+            matches!(
+                plan.action,
+                DirAction::Retain {
+                    reason: RetainReason::Shared { .. }
+                }
+            ),
+            "{:?} while another volume uses {}",
+            plan.action,
+            p.dir
+        );
     }
 }
 

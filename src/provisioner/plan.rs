@@ -154,25 +154,9 @@ pub enum PathError {
     /// The whole path longer than [`PATH_MAX`].
     #[error("the directory path is {0} bytes long (at most 4096)")]
     TooLong(usize),
-    /// A `${...}` that is not one of the supported variables.
-    #[error(
-        "pathPattern variable `${{{0}}}` is not supported (use .PVC.namespace, .PVC.name, .PVC.labels.KEY or .PVC.annotations.KEY)"
-    )]
-    UnknownVariable(String),
-    /// A `${` without its `}`.
-    #[error("pathPattern has an unterminated `${{`")]
-    Unterminated,
-    /// A variable whose value is missing or empty.
-    #[error("pathPattern variable `${{{0}}}` is empty or not set on the claim")]
-    EmptyValue(String),
-    /// A variable whose value could leave its path segment.
-    #[error("pathPattern variable `${{{var}}}` has value `{value}`, which contains `/` or `..`")]
-    UnsafeValue {
-        /// The variable, e.g. `.PVC.annotations.nfs.io/storage-path`.
-        var: String,
-        /// Its value on the claim.
-        value: String,
-    },
+    /// A pattern whose expansion names the export root itself (`/`, `./`).
+    #[error("pathPattern `{0}` names the export root itself, not a directory below it")]
+    Root(String),
 }
 
 /// The claim fields a `pathPattern` may read.
@@ -188,54 +172,127 @@ pub struct PatternVars<'a> {
     pub annotations: Option<&'a BTreeMap<String, String>>,
 }
 
-/// Expands a class `pathPattern` against a claim. A substituted value must be non-empty and may
-/// contain neither `/` nor `..`; the result must be a valid [`RelDir`] (relative, no `.`/`..`
-/// components, not empty). Literal `/` in the pattern itself nests directories.
-pub fn expand_path_pattern(pattern: &str, vars: PatternVars<'_>) -> Result<RelDir, PathError> {
+/// Expands a class `pathPattern` against a claim as nfs-subdir-external-provisioner does: each
+/// `${.PVC.namespace}`, `${.PVC.name}`, `${.PVC.labels.KEY}` and `${.PVC.annotations.KEY}` becomes
+/// its value, a missing label or annotation (or any other `${.PVC.…}`) the empty string, and `/`
+/// in the result, literal or from a value, nests directories (a leading `/` is relative to the
+/// export, `.` and empty components drop out). `Ok(None)` when the whole expansion is empty: the
+/// default name applies. Refused, where the Go provisioner would resolve them and could leave its
+/// root or share it: a `..` component, a result naming the export root itself, a NUL byte.
+pub fn expand_path_pattern(
+    pattern: &str,
+    vars: PatternVars<'_>,
+) -> Result<Option<RelDir>, PathError> {
     let mut out = String::with_capacity(pattern.len() + 32);
-    let mut rest = pattern;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or(PathError::Unterminated)?;
-        let var = &after[..end];
-        let value = lookup_var(var, vars)?;
-        if value.is_empty() {
-            return Err(PathError::EmptyValue(var.to_owned()));
+    for token in pattern_tokens(pattern) {
+        match token {
+            PatternToken::Text(text) => out.push_str(text),
+            PatternToken::Var(field) => out.push_str(lookup_var(field, vars)),
         }
-        if value.contains('/') || value.contains("..") || value.contains('\0') {
-            return Err(PathError::UnsafeValue {
-                var: var.to_owned(),
-                value: value.to_owned(),
-            });
-        }
-        out.push_str(value);
-        rest = &after[end + 1..];
     }
-    out.push_str(rest);
-    RelDir::parse(&out)
+    if out.is_empty() {
+        return Ok(None);
+    }
+    if out.len() > PATH_MAX {
+        return Err(PathError::TooLong(out.len()));
+    }
+    let mut components = Vec::new();
+    for c in out.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        validate_component(c)?;
+        components.push(c.to_owned());
+    }
+    if components.is_empty() {
+        return Err(PathError::Root(pattern.to_owned()));
+    }
+    Ok(Some(RelDir { components }))
 }
 
-fn lookup_var<'a>(var: &str, vars: PatternVars<'a>) -> Result<&'a str, PathError> {
-    let Some(field) = var.strip_prefix(".PVC.") else {
-        return Err(PathError::UnknownVariable(var.to_owned()));
-    };
+/// A piece of a `pathPattern`: literal text or the field of a `${.PVC.FIELD}` variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatternToken<'a> {
+    Text(&'a str),
+    Var(&'a str),
+}
+
+/// Splits a pattern into text and variables. A variable runs from `${.PVC.` to the first `}` on
+/// the same line (Go's `\${\.PVC\.(.*?)}`); a `${` that does not start one is text.
+fn pattern_tokens(pattern: &str) -> Vec<PatternToken<'_>> {
+    const OPEN: &str = "${.PVC.";
+    let mut tokens = Vec::new();
+    let mut rest = pattern;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let Some(end) = after
+            .find(['}', '\n'])
+            .filter(|&i| after[i..].starts_with('}'))
+        else {
+            // Not a variable: keep `${` as text and look further on.
+            tokens.push(PatternToken::Text(&rest[..start + 2]));
+            rest = &rest[start + 2..];
+            continue;
+        };
+        if start > 0 {
+            tokens.push(PatternToken::Text(&rest[..start]));
+        }
+        tokens.push(PatternToken::Var(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        tokens.push(PatternToken::Text(rest));
+    }
+    tokens
+}
+
+fn lookup_var<'a>(field: &str, vars: PatternVars<'a>) -> &'a str {
     let from_map = |map: Option<&'a BTreeMap<String, String>>, key: &str| {
         map.and_then(|m| m.get(key)).map_or("", String::as_str)
     };
     match field {
-        "namespace" => Ok(vars.namespace),
-        "name" => Ok(vars.name),
+        "namespace" => vars.namespace,
+        "name" => vars.name,
         _ => {
             if let Some(key) = field.strip_prefix("labels.") {
-                Ok(from_map(vars.labels, key))
+                from_map(vars.labels, key)
             } else if let Some(key) = field.strip_prefix("annotations.") {
-                Ok(from_map(vars.annotations, key))
+                from_map(vars.annotations, key)
             } else {
-                Err(PathError::UnknownVariable(var.to_owned()))
+                ""
             }
         }
     }
+}
+
+/// Whether every directory a pattern yields is private to the claim's namespace: the first
+/// path component holding a variable is exactly `${.PVC.namespace}` and every component before
+/// it is literal text. Namespace names cannot contain `/`, so two namespaces can never meet in
+/// one directory. (`${.PVC.namespace}-${.PVC.name}` is not: `a-b`/`c` and `a`/`b-c` collide.)
+pub fn pattern_keeps_namespaces_apart(pattern: &str) -> bool {
+    // Components as lists of tokens, split at the `/` of literal text only (a variable such
+    // as `${.PVC.annotations.nfs.io/storage-path}` may contain `/` in its key).
+    let mut component: Vec<PatternToken<'_>> = Vec::new();
+    let mut components = Vec::new();
+    for token in pattern_tokens(pattern) {
+        match token {
+            PatternToken::Text(text) => {
+                let mut parts = text.split('/');
+                if let Some(first) = parts.next().filter(|p| !p.is_empty()) {
+                    component.push(PatternToken::Text(first));
+                }
+                for part in parts {
+                    components.push(std::mem::take(&mut component));
+                    if !part.is_empty() {
+                        component.push(PatternToken::Text(part));
+                    }
+                }
+            }
+            var => component.push(var),
+        }
+    }
+    components.push(component);
+    let first_with_var = components
+        .iter()
+        .find(|c| c.iter().any(|t| matches!(t, PatternToken::Var(_))));
+    first_with_var.is_some_and(|c| c.as_slice() == [PatternToken::Var("namespace")])
 }
 
 /// Cleans a slash-separated path the way Go's `path.Clean` does (so PVs written by the Go
@@ -286,41 +343,18 @@ pub fn dir_from_nfs_path(nfs_path: &str, pv_path: &str) -> Option<RelDir> {
 // ---------------------------------------------------------------------------------------------
 // Class parameters
 
-/// What `onDelete` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnDelete {
-    /// Not set: `archiveOnDelete` decides.
-    Unset,
-    /// Remove the directory.
-    Delete,
-    /// Keep the directory where it is.
-    Retain,
-}
-
-/// StorageClass parameters, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// StorageClass parameters read when provisioning, parsed. `onDelete` and `archiveOnDelete`
+/// are not here: like the Go provisioner, we read them only when a volume is deleted
+/// ([`delete_action`]), so a value we do not know never fails a new claim.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClassParams {
-    pub on_delete: OnDelete,
-    /// `archiveOnDelete` (default true).
-    pub archive_on_delete: bool,
     pub path_pattern: Option<String>,
-    /// `mode` (octal).
+    /// `mode` (octal): the directory's mode, and the most a claim's `nfs.io/createMode` may ask.
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-}
-
-impl Default for ClassParams {
-    fn default() -> Self {
-        ClassParams {
-            on_delete: OnDelete::Unset,
-            archive_on_delete: true,
-            path_pattern: None,
-            mode: None,
-            uid: None,
-            gid: None,
-        }
-    }
+    /// `usageWalk` (default true): whether the periodic walk measures this class's volumes.
+    pub usage_walk: bool,
 }
 
 /// A parameter or annotation value that does not parse.
@@ -339,11 +373,14 @@ pub struct ParamError {
 const CLASS_PARAM: &str = "StorageClass parameter";
 const CLAIM_ANN: &str = "claim annotation";
 
-/// Parses the parameters we know; unknown ones are ignored, as the Go provisioner does.
+/// Parses the parameters provisioning uses; unknown ones are ignored, as the Go provisioner does.
 pub fn parse_class_params(
     params: Option<&BTreeMap<String, String>>,
 ) -> Result<ClassParams, ParamError> {
-    let mut out = ClassParams::default();
+    let mut out = ClassParams {
+        usage_walk: true,
+        ..ClassParams::default()
+    };
     let Some(params) = params else {
         return Ok(out);
     };
@@ -353,17 +390,6 @@ pub fn parse_class_params(
         value: value.to_owned(),
         expected,
     };
-    if let Some(v) = params.get("onDelete") {
-        out.on_delete = match v.to_ascii_lowercase().as_str() {
-            "delete" => OnDelete::Delete,
-            "retain" => OnDelete::Retain,
-            _ => return Err(err("onDelete", v, "`delete` or `retain`")),
-        };
-    }
-    if let Some(v) = params.get("archiveOnDelete") {
-        out.archive_on_delete =
-            parse_go_bool(v).ok_or_else(|| err("archiveOnDelete", v, "`true` or `false`"))?;
-    }
     out.path_pattern = params.get("pathPattern").cloned();
     if let Some(v) = params.get("mode") {
         out.mode =
@@ -375,7 +401,85 @@ pub fn parse_class_params(
     if let Some(v) = params.get("gid") {
         out.gid = Some(parse_id(v).ok_or_else(|| err("gid", v, "a numeric group id"))?);
     }
+    if let Some(v) = params.get("usageWalk") {
+        out.usage_walk =
+            parse_go_bool(v).ok_or_else(|| err("usageWalk", v, "`true` or `false`"))?;
+    }
     Ok(out)
+}
+
+/// Whether the usage walk measures volumes of `class` (parameter `usageWalk`, default true; a
+/// class that is gone or does not parse is measured).
+pub fn usage_walk_enabled(class: Option<&StorageClass>) -> bool {
+    parse_class_params(class.and_then(|c| c.parameters.as_ref())).map_or(true, |p| p.usage_walk)
+}
+
+/// What deletion does with a volume's directory, from the class parameters, exactly as the Go
+/// provisioner reads them: `onDelete` is compared as written (`delete` removes, `retain` keeps,
+/// anything else is not a choice and `archiveOnDelete` decides); `archiveOnDelete` is Go's
+/// boolean (default true: archive). Where the Go provisioner would act on a value it does not
+/// understand, we keep the data and say why; the second value is a warning for an event.
+pub fn delete_action(
+    params: Option<&BTreeMap<String, String>>,
+    leaf: &str,
+    stamp: &str,
+) -> (DirAction, Option<String>) {
+    let get = |k: &str| params.and_then(|p| p.get(k)).map(String::as_str);
+    let on_delete = get("onDelete");
+    match on_delete {
+        Some("delete") => return (DirAction::Remove, None),
+        Some("retain") => {
+            return (
+                DirAction::Retain {
+                    reason: RetainReason::Requested,
+                },
+                None,
+            );
+        }
+        _ => {}
+    }
+    let unknown = on_delete.map(|v| {
+        format!(
+            "StorageClass parameter `onDelete` has value `{v}`, which is neither `delete` nor `retain` (matched exactly, as nfs-subdir-external-provisioner matches it), so `archiveOnDelete` decided"
+        )
+    });
+    let archive = match get("archiveOnDelete") {
+        None => true,
+        Some(v) => match parse_go_bool(v) {
+            Some(b) => b,
+            None => {
+                let error = ParamError {
+                    source_kind: CLASS_PARAM,
+                    name: "archiveOnDelete",
+                    value: v.to_owned(),
+                    expected: "`true` or `false`",
+                };
+                return (
+                    DirAction::Retain {
+                        reason: RetainReason::InvalidParameter(error),
+                    },
+                    None,
+                );
+            }
+        },
+    };
+    match (archive, unknown) {
+        (true, note) => (
+            DirAction::Archive {
+                names: archive_names(leaf, stamp),
+            },
+            note,
+        ),
+        (false, None) => (DirAction::Remove, None),
+        // `archiveOnDelete: false` beside an `onDelete` we do not know: the class may have
+        // meant `retain`; keep the data rather than guess.
+        (false, Some(note)) => (
+            DirAction::Retain {
+                reason: RetainReason::UnknownOnDelete(note),
+            },
+            None,
+        ),
+    }
 }
 
 /// Go's `strconv.ParseBool`, which the old provisioner used for `archiveOnDelete`.
@@ -532,6 +636,54 @@ pub enum FailReason {
     /// A PV of our name exists but belongs to another claim.
     #[error("volume {0} exists and is bound to another claim")]
     NameTaken(String),
+    /// The directory would be, contain or lie inside the directory of another volume.
+    #[error(
+        "directory {dir} {relation} directory {other_dir} of volume {pv}: volumes never share data, so this claim is not provisioned (change the class's pathPattern, or the claim's labels or annotations it reads)"
+    )]
+    Overlap {
+        dir: RelDir,
+        relation: Relation,
+        other_dir: RelDir,
+        pv: String,
+    },
+    /// The directory exists, holds data, no volume uses it, and the class's pattern does not
+    /// keep namespaces apart: it may be another namespace's data.
+    #[error(
+        "directory {dir} already exists and is not empty, no volume uses it, and the class's pathPattern does not keep namespaces apart (it does when its first variable component is exactly ${{.PVC.namespace}}), so it may hold another namespace's data; move it away on the NFS server to provision afresh"
+    )]
+    Unclaimed { dir: RelDir },
+}
+
+/// How two volume directories meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    Same,
+    Inside,
+    Contains,
+}
+
+impl fmt::Display for Relation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Relation::Same => "is the same as",
+            Relation::Inside => "lies inside",
+            Relation::Contains => "contains",
+        })
+    }
+}
+
+/// How `a` meets `b`, if it does: the same directory, `a` inside `b`, or `a` containing `b`.
+pub fn relation(a: &RelDir, b: &RelDir) -> Option<Relation> {
+    let (a, b) = (a.components(), b.components());
+    if a == b {
+        Some(Relation::Same)
+    } else if a.starts_with(b) {
+        Some(Relation::Inside)
+    } else if b.starts_with(a) {
+        Some(Relation::Contains)
+    } else {
+        None
+    }
 }
 
 impl FailReason {
@@ -548,6 +700,7 @@ impl FailReason {
             FailReason::Param(_) => "invalid_parameter",
             FailReason::Path { .. } => "invalid_path",
             FailReason::NameTaken(_) => "name_taken",
+            FailReason::Overlap { .. } | FailReason::Unclaimed { .. } => "shared_directory",
         }
     }
 }
@@ -564,6 +717,11 @@ pub struct PvPlan {
     pub pv: PersistentVolume,
     /// The claim's request, in bytes, when it could be read (for metrics).
     pub requested_bytes: Option<u64>,
+    /// Whether the directory's name is private to the claim's namespace (the default name, or
+    /// a pattern that [keeps namespaces apart](pattern_keeps_namespaces_apart)), so that an
+    /// existing directory of that name may be used as it is. Otherwise the caller must check it
+    /// is empty first.
+    pub private: bool,
 }
 
 /// Name of the PV provisioned for a claim: `pvc-<uid>`, as the external-provisioner library.
@@ -598,12 +756,14 @@ fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 ///
 /// `class` is the StorageClass the claim names (looked up by the caller with
 /// [`claim_class_name`]); `existing` is the PV named [`pv_name_for`] the claim, if the caller
-/// has seen one.
+/// has seen one; `volumes` are all the PVs the caller knows, so that no two volumes ever share
+/// a directory.
 pub fn plan_provision(
     pvc: &PersistentVolumeClaim,
     class: Option<&StorageClass>,
     config: &Config,
     existing: Option<&PersistentVolume>,
+    volumes: &[&PersistentVolume],
 ) -> ProvisionDecision {
     use ProvisionDecision::{Fail, Skip};
     let meta = &pvc.metadata;
@@ -714,21 +874,7 @@ pub fn plan_provision(
         Ok(x) => x,
         Err(e) => return Fail { reason: e.into() },
     };
-    let namespace = meta.namespace.as_deref().unwrap_or("default");
-    let name = meta.name.as_deref().unwrap_or_default();
-    let dir = match &params.path_pattern {
-        Some(pattern) => expand_path_pattern(
-            pattern,
-            PatternVars {
-                namespace,
-                name,
-                labels: meta.labels.as_ref(),
-                annotations: meta.annotations.as_ref(),
-            },
-        ),
-        None => RelDir::parse(&format!("{namespace}-{name}-{pv_name}")),
-    };
-    let dir = match dir {
+    let (dir, private) = match claim_dir(pvc, &pv_name, &params) {
         Ok(d) => d,
         Err(error) => {
             return Fail {
@@ -739,6 +885,16 @@ pub fn plan_provision(
             };
         }
     };
+    if let Some((pv, other_dir, relation)) = overlapping_volume(&dir, &pv_name, config, volumes) {
+        return Fail {
+            reason: FailReason::Overlap {
+                dir,
+                relation,
+                other_dir,
+                pv,
+            },
+        };
+    }
     let requested_bytes = quantity_bytes(&storage.0);
     let pv = build_pv(
         pvc,
@@ -757,11 +913,74 @@ pub fn plan_provision(
         gid,
         pv,
         requested_bytes,
+        private,
     }))
 }
 
-/// Mode and owner of the directory: class parameter, else the claim annotation the Go
-/// provisioner honoured, else 0777 and the process's own user.
+/// The directory of a claim: the class's `pathPattern` expanded, or `<namespace>-<pvc>-<pv>`
+/// when there is none or it expands to nothing; and whether that name is private to the
+/// claim's namespace.
+pub fn claim_dir(
+    pvc: &PersistentVolumeClaim,
+    pv_name: &str,
+    params: &ClassParams,
+) -> Result<(RelDir, bool), PathError> {
+    let meta = &pvc.metadata;
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let name = meta.name.as_deref().unwrap_or_default();
+    if let Some(pattern) = &params.path_pattern {
+        let vars = PatternVars {
+            namespace,
+            name,
+            labels: meta.labels.as_ref(),
+            annotations: meta.annotations.as_ref(),
+        };
+        if let Some(dir) = expand_path_pattern(pattern, vars)? {
+            return Ok((dir, pattern_keeps_namespaces_apart(pattern)));
+        }
+    }
+    // Holds the PV name, which is the claim's uid: no other claim can have it.
+    Ok((
+        RelDir::parse(&format!("{namespace}-{name}-{pv_name}"))?,
+        true,
+    ))
+}
+
+/// The first PV other than `pv_name` whose directory meets `dir`, with its directory and how
+/// `dir` meets it. Every PV counts whatever its phase, class or namespace, as long as it points
+/// below our export: on our `NFS_SERVER`, or provisioned by us (the server may be spelled
+/// differently, an IP address for a DNS name).
+pub fn overlapping_volume(
+    dir: &RelDir,
+    pv_name: &str,
+    config: &Config,
+    volumes: &[&PersistentVolume],
+) -> Option<(String, RelDir, Relation)> {
+    volumes
+        .iter()
+        .filter(|v| v.metadata.name.as_deref() != Some(pv_name))
+        .find_map(|v| {
+            let other = export_dir(v, config)?;
+            let relation = relation(dir, &other)?;
+            Some((v.metadata.name.clone().unwrap_or_default(), other, relation))
+        })
+}
+
+/// The directory below our export that a PV points at: on our `NFS_SERVER` or provisioned by
+/// us, and strictly below `NFS_PATH`.
+fn export_dir(pv: &PersistentVolume, config: &Config) -> Option<RelDir> {
+    let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
+    let ours = nfs.server == config.nfs_server
+        || annotation(&pv.metadata, ANN_PROVISIONED_BY) == Some(config.provisioner_name.as_str());
+    if !ours {
+        return None;
+    }
+    dir_from_nfs_path(&config.nfs_path, &nfs.path)
+}
+
+/// Mode and owner of the directory. The class decides; a claim may narrow the mode with
+/// `nfs.io/createMode` (never add a bit the class's mode, or the default 0777, lacks) and
+/// choose an owner with `nfs.io/createUID`/`nfs.io/createGID` only where the class sets none.
 fn dir_owner(
     params: &ClassParams,
     meta: &ObjectMeta,
@@ -772,11 +991,20 @@ fn dir_owner(
         value: value.to_owned(),
         expected,
     };
-    let mode = match (params.mode, annotation(meta, ANN_CREATE_MODE)) {
-        (Some(m), _) => m,
-        (None, Some(v)) => parse_mode(v)
-            .ok_or_else(|| ann_err(ANN_CREATE_MODE, v, "an octal mode such as `0770`"))?,
-        (None, None) => DEFAULT_MODE,
+    let ceiling = params.mode.unwrap_or(DEFAULT_MODE);
+    let mode = match annotation(meta, ANN_CREATE_MODE) {
+        None => ceiling,
+        Some(v) => match parse_mode(v) {
+            Some(m) if m & !ceiling == 0 => m,
+            Some(_) => {
+                return Err(ann_err(
+                    ANN_CREATE_MODE,
+                    v,
+                    "a mode within the StorageClass's mode (a claim may remove permissions, not add them)",
+                ));
+            }
+            None => return Err(ann_err(ANN_CREATE_MODE, v, "an octal mode such as `0770`")),
+        },
     };
     let uid = match (params.uid, annotation(meta, ANN_CREATE_UID)) {
         (Some(u), _) => Some(u),
@@ -879,16 +1107,6 @@ pub enum DeleteFail {
     /// No `spec.nfs`.
     #[error("volume {0} has no spec.nfs")]
     NotNfs(String),
-    /// `spec.nfs.server` is not our `NFS_SERVER`: its directory is not on our mount.
-    #[error(
-        "volume {pv} is on NFS server {server}, not {ours} (NFS_SERVER): its directory is not on this mount, delete it by hand"
-    )]
-    OtherServer {
-        pv: String,
-        server: String,
-        /// Our `NFS_SERVER`.
-        ours: String,
-    },
     /// `spec.nfs.path` is not strictly below `NFS_PATH`.
     #[error(
         "volume {pv} has path {path}, which is not a directory below {ours} (NFS_PATH): refusing to touch it"
@@ -923,18 +1141,34 @@ pub enum DirAction {
 pub enum RetainReason {
     /// `onDelete: retain`.
     Requested,
-    /// Another live PV points at the same directory (a `pathPattern` shared by claims).
-    Shared(String),
-    /// The class's parameters no longer parse: keeping data is the safe choice.
+    /// Another PV points at the same directory, one inside it or one around it.
+    Shared {
+        pv: String,
+        relation: Relation,
+        other_dir: RelDir,
+    },
+    /// `archiveOnDelete` does not parse: keeping data is the safe choice.
     InvalidParameter(ParamError),
+    /// `onDelete` is a value we do not know and `archiveOnDelete` says remove.
+    UnknownOnDelete(String),
 }
 
 impl fmt::Display for RetainReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RetainReason::Requested => f.write_str("onDelete: retain"),
-            RetainReason::Shared(pv) => write!(f, "volume {pv} uses the same directory"),
+            RetainReason::Shared {
+                pv,
+                relation,
+                other_dir,
+            } => write!(
+                f,
+                "the directory {relation} directory {other_dir} of volume {pv}; kept the directory so that no other volume loses data"
+            ),
             RetainReason::InvalidParameter(e) => write!(f, "{e}; kept the directory"),
+            RetainReason::UnknownOnDelete(note) => {
+                write!(f, "{note}, and it says remove; kept the directory")
+            }
         }
     }
 }
@@ -949,19 +1183,23 @@ pub struct DeletePlan {
     /// Its directory under the NFS root.
     pub dir: RelDir,
     pub action: DirAction,
+    /// A warning to publish although the cleanup goes ahead (a class parameter ignored).
+    pub warning: Option<String>,
 }
 
 /// Decides the cleanup of a volume.
 ///
 /// `class` is the volume's StorageClass if it still exists (without it the defaults apply:
-/// archive, which keeps the data); `others` are the other PVs known, to notice a directory
-/// shared through `pathPattern`; `stamp` is the suffix for a second archive of the same name
-/// (e.g. `20250102T030405Z`, from the caller's clock).
+/// archive, which keeps the data); `volumes` are all the PVs known, so that a directory another
+/// volume uses (the same one, one inside it or around it) is never removed or moved; `stamp` is
+/// the suffix for a second archive of the same name (e.g. `20250102T030405Z`, from the caller's
+/// clock). Like the Go provisioner, any `spec.nfs.server` is accepted: a PV provisioned by us
+/// whose path is below `NFS_PATH` is ours however the server is spelled.
 pub fn plan_delete(
     pv: &PersistentVolume,
     class: Option<&StorageClass>,
     config: &Config,
-    others: &[&PersistentVolume],
+    volumes: &[&PersistentVolume],
     stamp: &str,
 ) -> DeleteDecision {
     use DeleteDecision::{Fail, Skip};
@@ -996,15 +1234,6 @@ pub fn plan_delete(
             reason: DeleteFail::NotNfs(name),
         };
     };
-    if nfs.server != config.nfs_server {
-        return Fail {
-            reason: DeleteFail::OtherServer {
-                pv: name,
-                server: nfs.server.clone(),
-                ours: config.nfs_server.clone(),
-            },
-        };
-    }
     let Some(dir) = dir_from_nfs_path(&config.nfs_path, &nfs.path) else {
         return Fail {
             reason: DeleteFail::OutsideExport {
@@ -1014,52 +1243,26 @@ pub fn plan_delete(
             },
         };
     };
-    let action = match sharing_volume(pv, nfs, others) {
-        Some(other) => DirAction::Retain {
-            reason: RetainReason::Shared(other),
-        },
-        None => match parse_class_params(class.and_then(|c| c.parameters.as_ref())) {
-            Err(e) => DirAction::Retain {
-                reason: RetainReason::InvalidParameter(e),
-            },
-            Ok(params) => match (params.on_delete, params.archive_on_delete) {
-                (OnDelete::Delete, _) | (OnDelete::Unset, false) => DirAction::Remove,
-                (OnDelete::Retain, _) => DirAction::Retain {
-                    reason: RetainReason::Requested,
-                },
-                (OnDelete::Unset, true) => DirAction::Archive {
-                    names: archive_names(dir.leaf(), stamp),
+    let (action, warning) = match overlapping_volume(&dir, &name, config, volumes) {
+        Some((pv, other_dir, relation)) => (
+            DirAction::Retain {
+                reason: RetainReason::Shared {
+                    pv,
+                    relation,
+                    other_dir,
                 },
             },
-        },
+            None,
+        ),
+        None => delete_action(class.and_then(|c| c.parameters.as_ref()), dir.leaf(), stamp),
     };
     DeleteDecision::Delete(DeletePlan {
         pv_name: name,
         pv_uid: pv.metadata.uid.clone(),
         dir,
         action,
+        warning,
     })
-}
-
-/// Another PV, not being deleted and not released, whose NFS source is the same directory.
-fn sharing_volume(
-    pv: &PersistentVolume,
-    nfs: &NFSVolumeSource,
-    others: &[&PersistentVolume],
-) -> Option<String> {
-    let path = clean_path(&nfs.path);
-    others
-        .iter()
-        .filter(|o| o.metadata.name != pv.metadata.name)
-        .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .filter(|o| o.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released"))
-        .find(|o| {
-            o.spec
-                .as_ref()
-                .and_then(|s| s.nfs.as_ref())
-                .is_some_and(|n| n.server == nfs.server && clean_path(&n.path) == path)
-        })
-        .and_then(|o| o.metadata.name.clone())
 }
 
 /// Archive names for a directory, in the order to try: `archived-<leaf>`, then
@@ -1090,9 +1293,6 @@ pub fn volume_dir(pv: &PersistentVolume, config: &Config) -> Option<RelDir> {
         return None;
     }
     let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
-    if nfs.server != config.nfs_server {
-        return None;
-    }
     dir_from_nfs_path(&config.nfs_path, &nfs.path)
 }
 

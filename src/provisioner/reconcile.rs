@@ -33,7 +33,7 @@ use super::{
     metrics::{Metrics, Operation},
     plan::{
         self, DeleteDecision, DeleteFail, DeletePlan, DirAction, FailReason, ProvisionDecision,
-        PvPlan, RetainReason,
+        PvPlan, RetainReason, SkipReason,
     },
     volume::{Cleaned, DirPerms, Ensured, FsError, Usage, VolumeRoot, WalkLimits},
 };
@@ -50,6 +50,9 @@ pub mod reasons {
     pub const PROVISIONING_CLEANUP_FAILED: &str = "ProvisioningCleanupFailed";
     /// A released volume's directory or PV could not be cleaned up (event on the PV).
     pub const VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
+    /// A released volume's directory was kept (or archived) where its class asked otherwise,
+    /// or asked in a way we do not understand: the event says why (on the PV).
+    pub const VOLUME_DATA_KEPT: &str = "VolumeDataKept";
 }
 
 /// A failed reconcile; the controller retries with exponential backoff.
@@ -89,6 +92,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether retrying cannot help until the object or its StorageClass changes (and a change
+    /// starts a reconcile of its own): the claim asks for something we do not do, a parameter
+    /// is wrong, a path is unsafe.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Plan { .. } | Error::Delete(_))
+    }
+
     /// Short label for the `failures_total{reason}` metric.
     pub fn metric_reason(&self) -> &'static str {
         match self {
@@ -101,10 +111,22 @@ impl Error {
     }
 }
 
-/// Per-object exponential backoff: 1s, 2s, 4s, ... capped at 5 minutes; reset on success.
+/// Per-object retry state, forgotten on success: exponential backoff for failures that may pass
+/// (1 s, 2 s, 4 s, ... capped at 5 minutes), one retry an hour for permanent ones (a change of
+/// the object or its class reconciles it anyway), and the failure last published as an event,
+/// so that a failure is reported once, not at every retry. Objects deleted while failing would
+/// stay here, so at most [`RetryBackoff::MAX_TRACKED`] are kept: past that, those not seen for
+/// two slow retries go, then the least recently seen.
 #[derive(Debug, Default)]
 pub struct RetryBackoff {
-    failures: Mutex<HashMap<String, u32>>,
+    entries: Mutex<HashMap<String, Retry>>,
+}
+
+#[derive(Debug)]
+struct Retry {
+    attempts: u32,
+    reported: Option<String>,
+    touched: Instant,
 }
 
 /// Delay before retry number `attempt` (0-based).
@@ -116,29 +138,86 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 }
 
 impl RetryBackoff {
-    /// Records a failure of `key`; returns how long to wait.
-    pub fn failed(&self, key: &str) -> Duration {
-        let Ok(mut map) = self.failures.lock() else {
-            return backoff_delay(0);
-        };
-        let n = map.entry(key.to_owned()).or_insert(0);
-        let delay = backoff_delay(*n);
-        *n = n.saturating_add(1);
-        delay
+    /// Objects remembered at most.
+    pub const MAX_TRACKED: usize = 10_000;
+    /// Delay between retries of a permanent failure.
+    pub const SLOW_RETRY: Duration = Duration::from_secs(3600);
+
+    fn with_entry<T>(&self, key: &str, f: impl FnOnce(&mut Retry) -> T) -> Option<T> {
+        let mut map = self.entries.lock().ok()?;
+        if map.len() >= Self::MAX_TRACKED && !map.contains_key(key) {
+            prune(&mut map);
+        }
+        let entry = map.entry(key.to_owned()).or_insert_with(|| Retry {
+            attempts: 0,
+            reported: None,
+            touched: Instant::now(),
+        });
+        entry.touched = Instant::now();
+        Some(f(entry))
     }
 
-    /// Forgets the failures of `key`.
+    /// Records a failure of `key`; returns how long to wait.
+    pub fn failed(&self, key: &str, permanent: bool) -> Duration {
+        self.with_entry(key, |e| {
+            let delay = if permanent {
+                Self::SLOW_RETRY
+            } else {
+                backoff_delay(e.attempts)
+            };
+            e.attempts = e.attempts.saturating_add(1);
+            delay
+        })
+        .unwrap_or(backoff_delay(0))
+    }
+
+    /// Whether `message` about `key` should be published: not when it is the one published
+    /// last since the object's last success.
+    pub fn should_report(&self, key: &str, message: &str) -> bool {
+        self.with_entry(key, |e| {
+            if e.reported.as_deref() == Some(message) {
+                false
+            } else {
+                e.reported = Some(message.to_owned());
+                true
+            }
+        })
+        .unwrap_or(true)
+    }
+
+    /// Forgets `key`: it succeeded, or there is nothing to do for it.
     pub fn succeeded(&self, key: &str) {
-        if let Ok(mut map) = self.failures.lock() {
+        if let Ok(mut map) = self.entries.lock() {
             map.remove(key);
         }
     }
 
     /// Failures recorded for `key` since its last success.
     pub fn attempts(&self, key: &str) -> u32 {
-        self.failures
+        self.entries
             .lock()
-            .map_or(0, |m| m.get(key).copied().unwrap_or(0))
+            .map_or(0, |m| m.get(key).map_or(0, |e| e.attempts))
+    }
+
+    /// Objects remembered.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn prune(map: &mut HashMap<String, Retry>) {
+    let stale = RetryBackoff::SLOW_RETRY * 2;
+    map.retain(|_, e| e.touched.elapsed() < stale);
+    if map.len() >= RetryBackoff::MAX_TRACKED {
+        let mut touched: Vec<Instant> = map.values().map(|e| e.touched).collect();
+        touched.sort_unstable();
+        let cut = touched[touched.len() / 2];
+        map.retain(|_, e| e.touched > cut);
     }
 }
 
@@ -285,23 +364,39 @@ pub async fn reconcile_claim(
     let key = object_key(pvc.as_ref());
     let class = plan::claim_class_name(&pvc).and_then(|c| ctx.classes.get(&ObjectRef::new(c)));
     let existing = plan::pv_name_for(&pvc).and_then(|n| ctx.volumes.get(&ObjectRef::new(&n)));
-    match plan::plan_provision(&pvc, class.as_deref(), &ctx.config, existing.as_deref()) {
+    let all = ctx.volumes.state();
+    let volumes: Vec<&PersistentVolume> = all.iter().map(AsRef::as_ref).collect();
+    let decision = plan::plan_provision(
+        &pvc,
+        class.as_deref(),
+        &ctx.config,
+        existing.as_deref(),
+        &volumes,
+    );
+    match decision {
         ProvisionDecision::Skip { reason } => {
             tracing::debug!(claim = %claim_id(&pvc), %reason, "Skipped claim");
             ctx.backoff.succeeded(&key);
+            if reason == SkipReason::Deleting && existing.is_none() {
+                take_back_dir(&pvc, class.as_deref(), &volumes, &ctx).await;
+            }
             Ok(Action::await_change())
         }
         ProvisionDecision::Fail { reason } => {
             let claim = claim_id(&pvc);
-            tracing::warn!(%claim, error = %reason, "Cannot provision claim");
             let class = plan::claim_class_name(&pvc).unwrap_or_default();
-            ctx.publish(
-                &pvc.object_ref(&()),
-                EventType::Warning,
-                reasons::PROVISIONING_FAILED,
-                format!("failed to provision volume with StorageClass \"{class}\": {reason}"),
-            )
-            .await;
+            let note =
+                format!("failed to provision volume with StorageClass \"{class}\": {reason}");
+            if ctx.backoff.should_report(&key, &note) {
+                tracing::warn!(%claim, error = %reason, "Cannot provision claim");
+                ctx.publish(
+                    &pvc.object_ref(&()),
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    note,
+                )
+                .await;
+            }
             ctx.metrics
                 .failure(Operation::Provision, reason.metric_reason(), None);
             Err(Error::Plan { claim, reason })
@@ -312,6 +407,50 @@ pub async fn reconcile_claim(
                 ctx.backoff.succeeded(&key);
             }
             result
+        }
+    }
+}
+
+/// A claim of ours deleted before its volume existed: removes the directory that may have been
+/// made for it (a restart between the directory and the PV leaves one), if it is empty and no
+/// volume uses it.
+async fn take_back_dir(
+    pvc: &PersistentVolumeClaim,
+    class: Option<&StorageClass>,
+    volumes: &[&PersistentVolume],
+    ctx: &Context,
+) {
+    let ours = Some(ctx.config.provisioner_name.as_str());
+    if plan::claim_provisioner(pvc) != ours || class.map(|c| c.provisioner.as_str()) != ours {
+        return;
+    }
+    let bound = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty());
+    let Some(pv_name) = plan::pv_name_for(pvc).filter(|_| !bound) else {
+        return;
+    };
+    let Ok(params) = plan::parse_class_params(class.and_then(|c| c.parameters.as_ref())) else {
+        return;
+    };
+    let Ok((dir, _)) = plan::claim_dir(pvc, &pv_name, &params) else {
+        return;
+    };
+    if plan::overlapping_volume(&dir, &pv_name, &ctx.config, volumes).is_some()
+        || !ctx.leader.is_leader()
+    {
+        return;
+    }
+    match ctx.fs.remove_empty(&dir).await {
+        Ok(Cleaned::Removed) => {
+            tracing::info!(claim = %claim_id(pvc), %dir, "Removed the empty directory of a claim deleted before its volume was made");
+        }
+        Ok(_) => {}
+        // Not empty (someone put data there) or the mount failed: leave it.
+        Err(e) => {
+            tracing::debug!(claim = %claim_id(pvc), %dir, error = %e, "Left the directory of a deleted claim")
         }
     }
 }
@@ -350,13 +489,16 @@ async fn provision(
                 .await;
                 }
             }
-            ctx.publish(
-                reference,
-                EventType::Warning,
-                reasons::PROVISIONING_FAILED,
-                format!("failed to provision volume with StorageClass \"{class}\": {error}"),
-            )
-            .await;
+            let note = format!("failed to provision volume with StorageClass \"{class}\": {error}");
+            if ctx.backoff.should_report(&object_key(pvc), &note) {
+                ctx.publish(
+                    reference,
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    note,
+                )
+                .await;
+            }
             ctx.metrics.failure(
                 Operation::Provision,
                 error.metric_reason(),
@@ -369,6 +511,24 @@ async fn provision(
     if !ctx.leader.is_leader() {
         tracing::warn!(claim = %claim_id(pvc), "Lost the Lease: stopped before creating the directory");
         return Ok(Action::await_change());
+    }
+    if !plan.private {
+        // The name is not private to the namespace: an existing directory with data and no
+        // volume may be another namespace's (volumes were checked by the plan).
+        match ctx.fs.holds_data(&plan.dir).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let reason = FailReason::Unclaimed {
+                    dir: plan.dir.clone(),
+                };
+                let claim = claim_id(pvc);
+                return fail(Error::Plan { claim, reason }, None).await;
+            }
+            Err(source) => {
+                let object = claim_id(pvc);
+                return fail(Error::Fs { object, source }, None).await;
+            }
+        }
     }
     let perms = DirPerms {
         mode: plan.mode,
@@ -396,13 +556,14 @@ async fn provision(
             tracing::info!(pv = %plan.pv.name_any(), "PersistentVolume already exists (an earlier attempt created it)");
         }
         Err(source) => {
-            let permanent = matches!(&source, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429);
             let error = Error::Kube {
                 action: "creating PersistentVolume",
                 object: plan.pv.name_any(),
                 source,
             };
-            return fail(error, permanent.then_some(ensured)).await;
+            // Whatever the error, a directory made in this attempt goes: the next attempt
+            // makes it again, and a claim deleted meanwhile leaves nothing behind.
+            return fail(error, Some(ensured)).await;
         }
     }
     ctx.publish(
@@ -435,29 +596,23 @@ pub async fn reconcile_volume(
     }
     ctx.synced().await?;
     let key = object_key(pv.as_ref());
-    let class = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.as_deref())
-        .and_then(|c| ctx.classes.get(&ObjectRef::new(c)));
-    let all = ctx.volumes.state();
-    let others: Vec<&PersistentVolume> = all.iter().map(AsRef::as_ref).collect();
-    let stamp = archive_stamp(jiff::Timestamp::now());
-    match plan::plan_delete(&pv, class.as_deref(), &ctx.config, &others, &stamp) {
+    match plan_cleanup(&pv, &ctx) {
         DeleteDecision::Skip { reason } => {
             tracing::trace!(pv = %pv.name_any(), ?reason, "Skipped volume");
             ctx.backoff.succeeded(&key);
             Ok(Action::await_change())
         }
         DeleteDecision::Fail { reason } => {
-            tracing::warn!(pv = %pv.name_any(), error = %reason, "Cannot clean up volume");
-            ctx.publish(
-                &pv.object_ref(&()),
-                EventType::Warning,
-                reasons::VOLUME_FAILED_DELETE,
-                reason.to_string(),
-            )
-            .await;
+            if ctx.backoff.should_report(&key, &reason.to_string()) {
+                tracing::warn!(pv = %pv.name_any(), error = %reason, "Cannot clean up volume");
+                ctx.publish(
+                    &pv.object_ref(&()),
+                    EventType::Warning,
+                    reasons::VOLUME_FAILED_DELETE,
+                    reason.to_string(),
+                )
+                .await;
+            }
             let error = Error::Delete(reason);
             ctx.metrics
                 .failure(Operation::Delete, error.metric_reason(), None);
@@ -473,20 +628,67 @@ pub async fn reconcile_volume(
     }
 }
 
+/// [`plan::plan_delete`] against the caches.
+fn plan_cleanup(pv: &PersistentVolume, ctx: &Context) -> DeleteDecision {
+    let class = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+        .and_then(|c| ctx.classes.get(&ObjectRef::new(c)));
+    let all = ctx.volumes.state();
+    let volumes: Vec<&PersistentVolume> = all.iter().map(AsRef::as_ref).collect();
+    let stamp = archive_stamp(jiff::Timestamp::now());
+    plan::plan_delete(pv, class.as_deref(), &ctx.config, &volumes, &stamp)
+}
+
+/// Reads the volume again from the API server, not the cache, and plans its cleanup afresh:
+/// the cache may be seconds old, and data goes only on what is true now. `None` when there is
+/// nothing to do any more (gone, replaced by another object of that name, no longer released
+/// or no longer to be cleaned up the same way).
+async fn confirm_cleanup(
+    pv: &PersistentVolume,
+    plan: &DeletePlan,
+    ctx: &Context,
+) -> Result<Option<DeletePlan>, Error> {
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let fresh = api
+        .get_opt(&plan.pv_name)
+        .await
+        .map_err(|source| Error::Kube {
+            action: "reading PersistentVolume",
+            object: plan.pv_name.clone(),
+            source,
+        })?;
+    let Some(fresh) = fresh.filter(|f| f.metadata.uid == pv.metadata.uid) else {
+        return Ok(None);
+    };
+    match plan_cleanup(&fresh, ctx) {
+        DeleteDecision::Delete(again) if again.dir == plan.dir => Ok(Some(again)),
+        other => {
+            tracing::info!(pv = %plan.pv_name, now = ?other, "The volume changed since it was seen: cleanup left for its next reconcile");
+            Ok(None)
+        }
+    }
+}
+
 async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
     let reference = pv.object_ref(&());
+    let key = object_key(pv);
     let fail = |error: Error| {
-        let reference = &reference;
+        let (reference, key) = (&reference, &key);
         async move {
             tracing::warn!(pv = %plan.pv_name, error = %error, "Cleanup failed");
-            ctx.publish(
-                reference,
-                EventType::Warning,
-                reasons::VOLUME_FAILED_DELETE,
-                error.to_string(),
-            )
-            .await;
+            let note = error.to_string();
+            if ctx.backoff.should_report(key, &note) {
+                ctx.publish(
+                    reference,
+                    EventType::Warning,
+                    reasons::VOLUME_FAILED_DELETE,
+                    note,
+                )
+                .await;
+            }
             ctx.metrics.failure(
                 Operation::Delete,
                 error.metric_reason(),
@@ -498,6 +700,24 @@ async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Resu
     if !ctx.leader.is_leader() {
         return Ok(Action::await_change());
     }
+    let plan = match confirm_cleanup(pv, plan, ctx).await {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(error) => return fail(error).await,
+    };
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
+    if let Some(warning) = &plan.warning {
+        tracing::warn!(pv = %plan.pv_name, %warning, "Class parameter ignored");
+        ctx.publish(
+            &reference,
+            EventType::Warning,
+            reasons::VOLUME_DATA_KEPT,
+            warning.clone(),
+        )
+        .await;
+    }
     let cleaned = match &plan.action {
         DirAction::Archive { names } => ctx.fs.archive(&plan.dir, names).await.map(Some),
         DirAction::Remove => ctx.fs.remove_all(&plan.dir).await.map(Some),
@@ -508,6 +728,13 @@ async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Resu
                 }
                 other => {
                     tracing::warn!(pv = %plan.pv_name, dir = %plan.dir, reason = %other, "Directory retained");
+                    ctx.publish(
+                        &reference,
+                        EventType::Warning,
+                        reasons::VOLUME_DATA_KEPT,
+                        format!("directory {} of volume {}: {other}", plan.dir, plan.pv_name),
+                    )
+                    .await;
                 }
             }
             Ok(None)
@@ -534,6 +761,19 @@ async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Resu
         tracing::warn!(pv = %plan.pv_name, "Lost the Lease: stopped before deleting the PersistentVolume");
         return Ok(Action::await_change());
     }
+    if let Err(error) = delete_volume(&plan, ctx).await {
+        return fail(error).await;
+    }
+    ctx.metrics.forget_volume(&plan.pv_name);
+    ctx.metrics.success(Operation::Delete, started.elapsed());
+    tracing::info!(pv = %plan.pv_name, "Deleted");
+    Ok(Action::await_change())
+}
+
+/// Deletes the PV, on the condition that it is still the object we cleaned up (its uid). A 404
+/// is success; a 409 is success only when a fresh read shows our object gone (replaced by
+/// another of the same name), otherwise it is an error and the reconcile runs again.
+async fn delete_volume(plan: &DeletePlan, ctx: &Context) -> Result<(), Error> {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let params = DeleteParams {
         preconditions: plan.pv_uid.clone().map(|uid| Preconditions {
@@ -542,29 +782,36 @@ async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Resu
         }),
         ..DeleteParams::default()
     };
+    let kube_error = |source| Error::Kube {
+        action: "deleting PersistentVolume",
+        object: plan.pv_name.clone(),
+        source,
+    };
     match api.delete(&plan.pv_name, &params).await {
-        Ok(_) => {}
-        // Gone already, or replaced by a new object of the same name: nothing of ours left.
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(source) => {
-            let error = Error::Kube {
-                action: "deleting PersistentVolume",
-                object: plan.pv_name.clone(),
-                source,
-            };
-            return fail(error).await;
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let now = api
+                .get_opt(&plan.pv_name)
+                .await
+                .map_err(|source| Error::Kube {
+                    action: "reading PersistentVolume",
+                    object: plan.pv_name.clone(),
+                    source,
+                })?;
+            match now {
+                Some(pv) if pv.metadata.uid == plan.pv_uid => Err(kube_error(kube::Error::Api(s))),
+                _ => Ok(()),
+            }
         }
+        Err(source) => Err(kube_error(source)),
     }
-    ctx.metrics.forget_volume(&plan.pv_name);
-    ctx.metrics.success(Operation::Delete, started.elapsed());
-    tracing::info!(pv = %plan.pv_name, "Deleted");
-    Ok(Action::await_change())
 }
 
 /// Requeue delay after a failed reconcile of `obj` (exponential per object).
 pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = object_key(obj.as_ref());
-    let delay = ctx.backoff.failed(&key);
+    let delay = ctx.backoff.failed(&key, error.is_permanent());
     tracing::debug!(object = %key, error = %error, ?delay, "Retrying later");
     Action::requeue(delay)
 }
@@ -586,6 +833,14 @@ pub async fn measure_volumes(
         let Some(dir) = plan::volume_dir(&pv, &ctx.config) else {
             continue;
         };
+        let class = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            .and_then(|c| ctx.classes.get(&ObjectRef::new(c)));
+        if !plan::usage_walk_enabled(class.as_deref()) {
+            continue;
+        }
         if pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released") {
             continue;
         }
@@ -634,11 +889,38 @@ mod tests {
         assert_eq!(backoff_delay(9), Duration::from_secs(300));
         assert_eq!(backoff_delay(40), Duration::from_secs(300));
         let b = RetryBackoff::default();
-        assert_eq!(b.failed("a"), Duration::from_secs(1));
-        assert_eq!(b.failed("a"), Duration::from_secs(2));
+        assert_eq!(b.failed("a", false), Duration::from_secs(1));
+        assert_eq!(b.failed("a", false), Duration::from_secs(2));
         assert_eq!(b.attempts("a"), 2);
         b.succeeded("a");
-        assert_eq!(b.failed("a"), Duration::from_secs(1));
+        assert_eq!(b.failed("a", false), Duration::from_secs(1));
+        // A permanent failure waits an hour, every time.
+        assert_eq!(b.failed("p", true), RetryBackoff::SLOW_RETRY);
+        assert_eq!(b.failed("p", true), RetryBackoff::SLOW_RETRY);
+    }
+
+    #[test]
+    fn a_failure_is_reported_once_until_it_changes_or_passes() {
+        let b = RetryBackoff::default();
+        assert!(b.should_report("a", "no class"));
+        assert!(!b.should_report("a", "no class"));
+        assert!(b.should_report("a", "bad path"));
+        assert!(!b.should_report("a", "bad path"));
+        b.succeeded("a");
+        assert!(b.should_report("a", "bad path"));
+        assert!(b.should_report("b", "bad path"));
+    }
+
+    #[test]
+    fn retry_state_stays_bounded() {
+        let b = RetryBackoff::default();
+        for i in 0..RetryBackoff::MAX_TRACKED * 3 {
+            b.failed(&format!("claim-{i}"), i % 2 == 0);
+            assert!(b.len() <= RetryBackoff::MAX_TRACKED, "{} at {i}", b.len());
+        }
+        // The most recent are the ones kept.
+        let last = format!("claim-{}", RetryBackoff::MAX_TRACKED * 3 - 1);
+        assert_eq!(b.attempts(&last), 1);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use super::{
     Config,
     leader::{self, LeaderHandle, LeaderTiming, LeaseElector},
     metrics::Metrics,
+    plan,
     reconcile::{self, Context, RetryBackoff},
     volume::{MountHealth, VolumeRoot, WalkLimits},
 };
@@ -290,6 +291,22 @@ async fn run_controllers(parts: Parts, tuning: Tuning) {
         watcher::Config::default(),
     )
     .with_config(controller_config);
+    // A class that appears or changes reconciles its claims again: a failure that waits for a
+    // fixed class is retried only once an hour otherwise.
+    let claim_store = claims.store();
+    let claims = claims.watches(
+        Api::<StorageClass>::all(client.clone()),
+        watcher::Config::default(),
+        move |class| {
+            let name = class.metadata.name.clone();
+            claim_store
+                .state()
+                .into_iter()
+                .filter(|c| plan::claim_class_name(c) == name.as_deref())
+                .map(|c| reflector::ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    );
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),

@@ -420,6 +420,20 @@ impl VolumeRoot {
         })
         .await
     }
+
+    /// Whether `dir` exists and has anything in it (a missing directory holds nothing).
+    pub async fn holds_data(&self, dir: &RelDir) -> Result<bool, FsError> {
+        let dir = dir.clone();
+        let shown = self.root.join(dir.to_string()).display().to_string();
+        self.run("list", shown, move |root| {
+            let Some(path) = existing_dir(root, &dir)? else {
+                return Ok(false);
+            };
+            let mut entries = fs::read_dir(&path).map_err(io_err("list", &path))?;
+            Ok(entries.next().is_some())
+        })
+        .await
+    }
 }
 
 fn canonical_root(root: &Path) -> Result<PathBuf, FsError> {

@@ -73,14 +73,14 @@ fn class(params: &[(&str, &str)]) -> StorageClass {
 }
 
 fn provision(pvc: &PersistentVolumeClaim, class: &StorageClass) -> PvPlan {
-    match plan_provision(pvc, Some(class), &config(), None) {
+    match plan_provision(pvc, Some(class), &config(), None, &[]) {
         ProvisionDecision::Provision(p) => *p,
         other => panic!("expected Provision, got {other:?}"),
     }
 }
 
 fn fail_reason(pvc: &PersistentVolumeClaim, class: Option<&StorageClass>) -> FailReason {
-    match plan_provision(pvc, class, &config(), None) {
+    match plan_provision(pvc, class, &config(), None, &[]) {
         ProvisionDecision::Fail { reason } => reason,
         other => panic!("expected Fail, got {other:?}"),
     }
@@ -250,7 +250,7 @@ fn skip_table() {
     ];
     for (name, claim, class, existing, want) in cases {
         assert_eq!(
-            plan_provision(&claim, class, &cfg, existing),
+            plan_provision(&claim, class, &cfg, existing, &[]),
             ProvisionDecision::Skip { reason: want },
             "{name}"
         );
@@ -398,11 +398,26 @@ fn parameter_table() {
             anns: &[(ANN_CREATE_MODE, "0700"), (ANN_CREATE_UID, "65534")],
             want: Ok((0o700, Some(65534), None)),
         },
-        // The class wins over the claim.
+        // A claim may narrow the class's mode, never widen it; the class's owner wins.
         Case {
             params: &[("mode", "0750"), ("gid", "5")],
-            anns: &[(ANN_CREATE_MODE, "0777"), (ANN_CREATE_GID, "6")],
-            want: Ok((0o750, None, Some(5))),
+            anns: &[(ANN_CREATE_MODE, "0700"), (ANN_CREATE_GID, "6")],
+            want: Ok((0o700, None, Some(5))),
+        },
+        Case {
+            params: &[("mode", "0750")],
+            anns: &[(ANN_CREATE_MODE, "0777")],
+            want: Err(ANN_CREATE_MODE),
+        },
+        Case {
+            params: &[("mode", "0770")],
+            anns: &[(ANN_CREATE_MODE, "02770")],
+            want: Err(ANN_CREATE_MODE),
+        },
+        Case {
+            params: &[],
+            anns: &[(ANN_CREATE_MODE, "04777")],
+            want: Err(ANN_CREATE_MODE),
         },
         Case {
             params: &[("mode", "0999")],
@@ -439,21 +454,21 @@ fn parameter_table() {
             anns: &[(ANN_CREATE_UID, "x")],
             want: Err(ANN_CREATE_UID),
         },
+        // Read only at deletion, as the Go provisioner reads them: never fail a new claim.
         Case {
             params: &[("onDelete", "shred")],
             anns: &[],
-            want: Err("onDelete"),
+            want: Ok((0o777, None, None)),
         },
         Case {
             params: &[("archiveOnDelete", "yes")],
             anns: &[],
-            want: Err("archiveOnDelete"),
-        },
-        // Accepted spellings.
-        Case {
-            params: &[("onDelete", "Retain"), ("archiveOnDelete", "False")],
-            anns: &[],
             want: Ok((0o777, None, None)),
+        },
+        Case {
+            params: &[("usageWalk", "off")],
+            anns: &[],
+            want: Err("usageWalk"),
         },
         // Unknown parameters are ignored, as before.
         Case {
@@ -467,7 +482,7 @@ fn parameter_table() {
         for (k, v) in c.anns {
             claim = with_ann(claim, k, v);
         }
-        let got = plan_provision(&claim, Some(&class(c.params)), &config(), None);
+        let got = plan_provision(&claim, Some(&class(c.params)), &config(), None, &[]);
         match (&c.want, got) {
             (Ok(want), ProvisionDecision::Provision(p)) => {
                 assert_eq!((p.mode, p.uid, p.gid), *want, "case {i}")
@@ -490,8 +505,13 @@ fn parameter_table() {
 fn path_pattern_table() {
     let claim = with_ann(pvc(), "nfs.io/storage-path", "tsdb");
     let claim = with_ann(claim, "evil", "../../etc");
-    let claim = with_ann(claim, "slash", "a/b");
+    let claim = with_ann(claim, "slash", "app/data");
     let claim = with_ann(claim, "empty", "");
+    let claim = with_ann(claim, "root", "/");
+    let default =
+        "monitoring-prometheus-k8s-db-prometheus-k8s-0-pvc-0b5f5a8e-1111-2222-3333-444455556666";
+    // What nfs-subdir-external-provisioner makes of each, except where it would leave the
+    // export or use its root (refused here).
     let cases: &[(&str, Result<&str, &str>)] = &[
         (
             "${.PVC.namespace}/${.PVC.name}",
@@ -504,22 +524,42 @@ fn path_pattern_table() {
         ("data-${.PVC.labels.app}", Ok("data-prometheus")),
         ("static", Ok("static")),
         ("a//b/", Ok("a/b")),
+        ("a/./b", Ok("a/b")),
+        ("/abs/${.PVC.labels.app}", Ok("abs/prometheus")),
+        // A value with `/` nests directories (the Go provisioner's README invites it).
+        (
+            "${.PVC.namespace}/${.PVC.annotations.slash}",
+            Ok("monitoring/app/data"),
+        ),
+        // Missing or empty values are empty strings...
+        (
+            "x-${.PVC.annotations.missing}-${.PVC.labels.missing}",
+            Ok("x--"),
+        ),
+        (
+            "${.PVC.namespace}/${.PVC.annotations.empty}",
+            Ok("monitoring"),
+        ),
+        ("${.PVC.uid}-x", Ok("-x")),
+        // ...and an empty expansion falls back to the default name.
+        ("${.PVC.annotations.missing}", Ok(default)),
+        (
+            "${.PVC.labels.missing}${.PVC.annotations.empty}",
+            Ok(default),
+        ),
+        ("", Ok(default)),
+        // Not variables: kept as text.
+        ("${.PVC.name", Ok("${.PVC.name")),
+        ("${.Other.name}", Ok("${.Other.name}")),
+        // Refused.
         (
             "${.PVC.namespace}/${.PVC.annotations.evil}",
-            Err("contains `/` or `..`"),
+            Err("`..` may not appear"),
         ),
-        ("${.PVC.annotations.slash}", Err("contains `/` or `..`")),
-        ("${.PVC.annotations.empty}", Err("empty or not set")),
-        ("${.PVC.annotations.missing}", Err("empty or not set")),
-        ("${.PVC.labels.missing}", Err("empty or not set")),
-        ("/abs/${.PVC.name}", Err("absolute")),
         ("../${.PVC.name}", Err("`..` may not appear")),
-        ("a/./b", Err("`.` may not appear")),
-        ("", Err("empty")),
-        ("/", Err("absolute")),
-        ("${.PVC.uid}", Err("not supported")),
-        ("${.Other.name}", Err("not supported")),
-        ("${.PVC.name", Err("unterminated")),
+        ("/", Err("names the export root")),
+        ("${.PVC.annotations.root}", Err("names the export root")),
+        ("./", Err("names the export root")),
     ];
     for (pattern, want) in cases {
         let got = plan_provision(
@@ -527,6 +567,7 @@ fn path_pattern_table() {
             Some(&class(&[("pathPattern", pattern)])),
             &config(),
             None,
+            &[],
         );
         match (want, got) {
             (Ok(dir), ProvisionDecision::Provision(p)) => {
@@ -551,6 +592,161 @@ fn path_pattern_table() {
             }
             (want, got) => panic!("{pattern}: want {want:?}, got {got:?}"),
         }
+    }
+}
+
+#[test]
+fn patterns_that_keep_namespaces_apart() {
+    for (pattern, apart) in [
+        ("${.PVC.namespace}/${.PVC.name}", true),
+        ("${.PVC.namespace}", true),
+        (
+            "prometheus/${.PVC.namespace}/${.PVC.annotations.nfs.io/storage-path}",
+            true,
+        ),
+        ("/a//${.PVC.namespace}/x-${.PVC.labels.app}", true),
+        ("${.PVC.namespace}-${.PVC.name}", false),
+        ("${.PVC.name}/${.PVC.namespace}", false),
+        ("${.PVC.annotations.x}/${.PVC.namespace}", false),
+        ("ns-${.PVC.namespace}/${.PVC.name}", false),
+        ("static", false),
+        ("", false),
+    ] {
+        assert_eq!(pattern_keeps_namespaces_apart(pattern), apart, "{pattern}");
+    }
+    // The plan says so, and the default name (it holds the claim's uid) is private too.
+    let private = |params: &[(&str, &str)]| provision(&pvc(), &class(params)).private;
+    assert!(private(&[]));
+    assert!(private(&[(
+        "pathPattern",
+        "${.PVC.namespace}/${.PVC.name}"
+    )]));
+    assert!(!private(&[(
+        "pathPattern",
+        "${.PVC.namespace}-${.PVC.name}"
+    )]));
+    assert!(private(&[("pathPattern", "${.PVC.labels.missing}")]));
+}
+
+/// A bound volume of another claim in `dir` (below the export), provisioned by us or not.
+fn volume_in(name: &str, dir: &str, ours: bool) -> PersistentVolume {
+    let mut pv = released(&format!("/export/k8s/{dir}"));
+    pv.metadata.name = Some(name.into());
+    pv.metadata.uid = Some(format!("uid-{name}"));
+    if !ours {
+        pv.metadata.annotations = None;
+    }
+    pv.status.as_mut().unwrap().phase = Some("Bound".into());
+    pv
+}
+
+#[test]
+fn new_directories_never_meet_another_volume() {
+    let pattern = [("pathPattern", "${.PVC.namespace}/${.PVC.annotations.dir}")];
+    let claim = |dir: &str| with_ann(pvc(), "dir", dir);
+    let cases: &[(&str, &str, Option<Relation>)] = &[
+        ("monitoring/db", "db", Some(Relation::Same)),
+        ("monitoring/db", "db/", Some(Relation::Same)),
+        ("monitoring", "db", Some(Relation::Inside)),
+        ("monitoring/db/wal", "db", Some(Relation::Contains)),
+        ("monitoring/db2", "db", None),
+        ("monitoring-db", "db", None),
+        ("other/db", "db", None),
+    ];
+    for (other_dir, value, want) in cases {
+        for ours in [true, false] {
+            let other = volume_in("pvc-other", other_dir, ours);
+            let got = plan_provision(
+                &claim(value),
+                Some(&class(&pattern)),
+                &config(),
+                None,
+                &[&other],
+            );
+            match (want, got) {
+                (None, ProvisionDecision::Provision(_)) => {}
+                (
+                    Some(want),
+                    ProvisionDecision::Fail {
+                        reason: reason @ FailReason::Overlap { relation, .. },
+                    },
+                ) => {
+                    assert_eq!(relation, *want, "{other_dir} / {value}");
+                    assert!(reason.to_string().contains("pvc-other"), "{reason}");
+                }
+                (want, got) => panic!("{other_dir} / {value}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+    // A static volume on another NFS server, not ours, does not count.
+    let mut elsewhere = volume_in("pvc-other", "monitoring/db", false);
+    elsewhere
+        .spec
+        .as_mut()
+        .unwrap()
+        .nfs
+        .as_mut()
+        .unwrap()
+        .server = "10.9.9.9".into();
+    assert!(matches!(
+        plan_provision(
+            &claim("db"),
+            Some(&class(&pattern)),
+            &config(),
+            None,
+            &[&elsewhere]
+        ),
+        ProvisionDecision::Provision(_)
+    ));
+    // Ours on a server spelled differently still counts.
+    let mut spelled = volume_in("pvc-other", "monitoring/db", true);
+    spelled.spec.as_mut().unwrap().nfs.as_mut().unwrap().server = "nfs.example.org".into();
+    assert!(matches!(
+        plan_provision(
+            &claim("db"),
+            Some(&class(&pattern)),
+            &config(),
+            None,
+            &[&spelled]
+        ),
+        ProvisionDecision::Fail {
+            reason: FailReason::Overlap { .. }
+        }
+    ));
+}
+
+#[test]
+fn joined_names_that_collide_fail_instead_of_sharing() {
+    // `a-b`/`c` and `a`/`b-c` under a `-`-joined pattern name the same directory.
+    let joined = class(&[("pathPattern", "${.PVC.namespace}-${.PVC.name}")]);
+    let claim = |ns: &str, name: &str, uid: &str| {
+        let mut c = pvc();
+        c.metadata.namespace = Some(ns.into());
+        c.metadata.name = Some(name.into());
+        c.metadata.uid = Some(uid.into());
+        c
+    };
+    let first = provision(&claim("a-b", "c", "u1"), &joined);
+    assert_eq!(first.dir.to_string(), "a-b-c");
+    assert!(
+        !first.private,
+        "the reconciler must check an existing directory is empty"
+    );
+    let volumes = [&first.pv];
+    match plan_provision(
+        &claim("a", "b-c", "u2"),
+        Some(&joined),
+        &config(),
+        None,
+        &volumes,
+    ) {
+        ProvisionDecision::Fail {
+            reason: FailReason::Overlap { relation, pv, .. },
+        } => {
+            assert_eq!(relation, Relation::Same);
+            assert_eq!(pv, "pvc-u1");
+        }
+        other => panic!("{other:?}"),
     }
 }
 
@@ -649,39 +845,72 @@ fn delete_parameter_table() {
     let retain = DirAction::Retain {
         reason: RetainReason::Requested,
     };
-    let cases: &[(&[(&str, &str)], &DirAction)] = &[
-        (&[], &archive),
-        (&[("archiveOnDelete", "true")], &archive),
-        (&[("archiveOnDelete", "false")], &DirAction::Remove),
-        (&[("archiveOnDelete", "0")], &DirAction::Remove),
-        (&[("onDelete", "delete")], &DirAction::Remove),
+    // `onDelete` is matched exactly, as nfs-subdir-external-provisioner matches it; anything
+    // else leaves the choice to `archiveOnDelete`, with a warning.
+    type Params = &'static [(&'static str, &'static str)];
+    let cases: &[(Params, &DirAction, bool)] = &[
+        (&[], &archive, false),
+        (&[("archiveOnDelete", "true")], &archive, false),
+        (&[("archiveOnDelete", "false")], &DirAction::Remove, false),
+        (&[("archiveOnDelete", "0")], &DirAction::Remove, false),
+        (&[("onDelete", "delete")], &DirAction::Remove, false),
         (
             &[("onDelete", "delete"), ("archiveOnDelete", "true")],
             &DirAction::Remove,
+            false,
         ),
-        (&[("onDelete", "retain")], &retain),
+        (&[("onDelete", "retain")], &retain, false),
         (
             &[("onDelete", "retain"), ("archiveOnDelete", "false")],
             &retain,
+            false,
         ),
+        (&[("onDelete", "Delete")], &archive, true),
+        (
+            &[("onDelete", "DELETE"), ("archiveOnDelete", "true")],
+            &archive,
+            true,
+        ),
+        (&[("onDelete", "Retain")], &archive, true),
+        (&[("onDelete", "")], &archive, true),
     ];
     let pv = released("/export/k8s/ns-claim-pvc-1");
-    for (params, want) in cases {
+    for (params, want, warned) in cases {
+        let DeleteDecision::Delete(plan) = plan_delete(
+            &pv,
+            Some(&class(params)),
+            &config(),
+            &[],
+            "20250102T030405Z",
+        ) else {
+            panic!("{params:?}: not a delete plan");
+        };
+        assert_eq!(&plan.action, *want, "{params:?}");
         assert_eq!(
-            &delete_action(&pv, Some(&class(params)), &[]),
-            *want,
-            "{params:?}"
+            plan.warning.is_some(),
+            *warned,
+            "{params:?}: {:?}",
+            plan.warning
         );
+        if let Some(w) = plan.warning {
+            assert!(w.contains("onDelete"), "{w}");
+        }
     }
     // Class gone: the defaults (archive) apply.
     assert_eq!(delete_action(&pv, None, &[]), archive);
-    // Broken parameter: keep the data.
-    assert!(matches!(
-        delete_action(&pv, Some(&class(&[("archiveOnDelete", "maybe")])), &[]),
-        DirAction::Retain {
-            reason: RetainReason::InvalidParameter(_)
+    // Values we cannot read keep the data, saying why.
+    for params in [
+        &[("archiveOnDelete", "maybe")][..],
+        &[("onDelete", "Delete"), ("archiveOnDelete", "false")][..],
+    ] {
+        match delete_action(&pv, Some(&class(params)), &[]) {
+            DirAction::Retain { reason } => {
+                let why = reason.to_string();
+                assert!(why.contains("kept the directory"), "{why}");
+            }
+            other => panic!("{params:?}: {other:?}"),
         }
-    ));
+    }
 }
 
 #[test]
@@ -760,6 +989,8 @@ fn delete_skip_and_fail_table() {
             "{what}: {path}"
         );
     }
+    // Ours, on a server spelled differently (an IP address for a DNS name): still ours, as
+    // the path is below NFS_PATH.
     let mut other_server = base.clone();
     other_server
         .spec
@@ -768,13 +999,11 @@ fn delete_skip_and_fail_table() {
         .nfs
         .as_mut()
         .unwrap()
-        .server = "10.9.9.9".into();
-    assert!(matches!(
-        plan_delete(&other_server, None, &cfg, &[], "T"),
-        DeleteDecision::Fail {
-            reason: DeleteFail::OtherServer { .. }
-        }
-    ));
+        .server = "nfs.example.org".into();
+    match plan_delete(&other_server, None, &cfg, &[], "T") {
+        DeleteDecision::Delete(p) => assert_eq!(p.dir.to_string(), "d"),
+        other => panic!("{other:?}"),
+    }
     let mut not_nfs = base;
     not_nfs.spec.as_mut().unwrap().nfs = None;
     assert!(matches!(
@@ -788,19 +1017,48 @@ fn delete_skip_and_fail_table() {
 #[test]
 fn shared_directories_are_retained() {
     let pv = released("/export/k8s/monitoring");
-    let mut other = released("/export/k8s//monitoring/");
-    other.metadata.name = Some("pvc-2".into());
-    other.status.as_mut().unwrap().phase = Some("Bound".into());
-    assert_eq!(
-        delete_action(&pv, Some(&class(&[("onDelete", "delete")])), &[&pv, &other]),
-        DirAction::Retain {
-            reason: RetainReason::Shared("pvc-2".into())
+    let remove = class(&[("onDelete", "delete")]);
+    for (other_dir, relation) in [
+        ("/export/k8s//monitoring/", Relation::Same),
+        ("/export/k8s/monitoring/tsdb", Relation::Contains),
+    ] {
+        let mut other = released(other_dir);
+        other.metadata.name = Some("pvc-2".into());
+        // Bound or released: as long as the other volume exists, its data stays.
+        for phase in ["Bound", "Released"] {
+            other.status.as_mut().unwrap().phase = Some(phase.into());
+            match delete_action(&pv, Some(&remove), &[&pv, &other]) {
+                DirAction::Retain {
+                    reason:
+                        RetainReason::Shared {
+                            pv, relation: got, ..
+                        },
+                } => {
+                    assert_eq!(pv, "pvc-2");
+                    assert_eq!(got, relation);
+                }
+                other => panic!("{other_dir} {phase}: {other:?}"),
+            }
         }
-    );
-    // A released sharer does not hold the directory.
-    other.status.as_mut().unwrap().phase = Some("Released".into());
+    }
+    // Ours inside another volume's directory: neither removed nor moved.
+    let inner = released("/export/k8s/monitoring/tsdb");
+    let mut outer = released("/export/k8s/monitoring");
+    outer.metadata.name = Some("pvc-2".into());
+    assert!(matches!(
+        delete_action(&inner, Some(&remove), &[&outer]),
+        DirAction::Retain {
+            reason: RetainReason::Shared {
+                relation: Relation::Inside,
+                ..
+            }
+        }
+    ));
+    // A neighbour with a longer name is not inside.
+    let mut neighbour = released("/export/k8s/monitoring-2");
+    neighbour.metadata.name = Some("pvc-2".into());
     assert_eq!(
-        delete_action(&pv, Some(&class(&[("onDelete", "delete")])), &[&pv, &other]),
+        delete_action(&pv, Some(&remove), &[&neighbour]),
         DirAction::Remove
     );
 }
@@ -873,6 +1131,19 @@ fn pattern_strategy() -> impl Strategy<Value = String> {
     proptest::collection::vec(piece, 0..8).prop_map(|v| v.concat())
 }
 
+fn tenant_pattern_strategy() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("${.PVC.namespace}".to_owned()),
+        Just("${.PVC.name}".to_owned()),
+        Just("${.PVC.labels.l}".to_owned()),
+        Just("${.PVC.annotations.a}".to_owned()),
+        Just("/".to_owned()),
+        Just("-".to_owned()),
+        "[a-z]{0,3}",
+    ];
+    proptest::collection::vec(piece, 0..6).prop_map(|v| v.concat())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -887,7 +1158,7 @@ proptest! {
         let labels = BTreeMap::from([("a".to_owned(), label)]);
         let annotations = BTreeMap::from([("b".to_owned(), ann)]);
         let vars = PatternVars { namespace: &ns, name: &name, labels: Some(&labels), annotations: Some(&annotations) };
-        if let Ok(dir) = expand_path_pattern(&pattern, vars) {
+        if let Ok(Some(dir)) = expand_path_pattern(&pattern, vars) {
             prop_assert!(stays_under_root(&dir), "{pattern:?} -> {dir:?}");
             let nfs = nfs_path_for("/export/k8s", &dir);
             prop_assert!(nfs.starts_with("/export/k8s/"), "{nfs}");
@@ -906,7 +1177,7 @@ proptest! {
         let mut claim = with_ann(pvc(), "b", &ann);
         claim.metadata.namespace = Some(ns);
         claim.metadata.name = Some(name);
-        if let ProvisionDecision::Provision(p) = plan_provision(&claim, Some(&class(&[("pathPattern", &pattern)])), &config(), None) {
+        if let ProvisionDecision::Provision(p) = plan_provision(&claim, Some(&class(&[("pathPattern", &pattern)])), &config(), None, &[]) {
             prop_assert!(stays_under_root(&p.dir));
             let path = p.pv.spec.unwrap().nfs.unwrap().path;
             prop_assert_eq!(dir_from_nfs_path("/export/k8s", &path), Some(p.dir));
@@ -921,6 +1192,55 @@ proptest! {
                 for n in names {
                     prop_assert!(p.dir.sibling(n).is_ok());
                 }
+            }
+        }
+    }
+
+    /// Claims from random namespaces (names that collide when joined with `-` among them),
+    /// names, labels and annotations, under random classes and patterns, provisioned one after
+    /// the other as the reconciler does (each new PV joins the known volumes): no two volumes
+    /// ever get directories that are equal or nested.
+    #[test]
+    fn no_two_volumes_share_or_nest_directories(
+        patterns in proptest::collection::vec(proptest::option::of(tenant_pattern_strategy()), 1..4),
+        claims in proptest::collection::vec(
+            (0usize..4, "(a|a-b|b|b-c|c|monitoring)", "(c|b-c|db|x/y|[a-z]{1,3})", "[a-z/.-]{0,6}", "[a-z/.-]{0,6}"),
+            1..12,
+        ),
+    ) {
+        let classes: Vec<StorageClass> = patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut c = match p {
+                    Some(p) => class(&[("pathPattern", p)]),
+                    None => class(&[]),
+                };
+                c.metadata.name = Some(format!("class-{i}"));
+                c
+            })
+            .collect();
+        let mut volumes: Vec<PersistentVolume> = Vec::new();
+        for (i, (class_index, ns, name, label, ann)) in claims.iter().enumerate() {
+            let class = &classes[class_index % classes.len()];
+            let mut claim = with_ann(pvc(), "a", ann);
+            claim.metadata.namespace = Some(ns.clone());
+            claim.metadata.name = Some(name.clone());
+            claim.metadata.uid = Some(format!("uid-{i}"));
+            claim.metadata.labels = Some(map(&[("l", label)]));
+            claim.spec.as_mut().unwrap().storage_class_name = class.metadata.name.clone();
+            let known: Vec<&PersistentVolume> = volumes.iter().collect();
+            if let ProvisionDecision::Provision(p) = plan_provision(&claim, Some(class), &config(), None, &known) {
+                volumes.push(p.pv);
+            }
+        }
+        let dirs: Vec<RelDir> = volumes
+            .iter()
+            .map(|v| dir_from_nfs_path("/export/k8s", &v.spec.as_ref().unwrap().nfs.as_ref().unwrap().path).unwrap())
+            .collect();
+        for (i, a) in dirs.iter().enumerate() {
+            for b in &dirs[i + 1..] {
+                prop_assert_eq!(relation(a, b), None, "{} and {}", a, b);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! `cargo bench -- provisioner`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     hint::black_box,
     path::Path,
     sync::{
@@ -110,21 +110,45 @@ where
     writer.as_reader()
 }
 
-/// Answers every request at once, like an idle API server: creates echo their body.
+/// Answers every request at once, like an idle API server: creates echo their body; a read of
+/// a PV created here returns it as the cycle releases it (uid `uid`, phase `Released`), so
+/// that the cleanup's fresh read goes ahead.
 async fn api_server(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     requests: Arc<AtomicU64>,
 ) {
+    let mut volumes: HashMap<String, serde_json::Value> = HashMap::new();
     while let Some((request, send)) = handle.next_request().await {
         requests.fetch_add(1, Ordering::Relaxed);
         let method = request.method().clone();
+        let path = request.uri().path().to_owned();
         let bytes = request.into_body().collect_bytes().await.unwrap();
-        let (status, body) = match method {
-            Method::POST => (StatusCode::CREATED, bytes.to_vec()),
-            Method::DELETE | Method::PATCH => (
-                StatusCode::OK,
-                br#"{"kind":"Status","apiVersion":"v1","status":"Success"}"#.to_vec(),
-            ),
+        let pv_name = path
+            .strip_prefix("/api/v1/persistentvolumes/")
+            .map(str::to_owned);
+        let (status, body) = match (method, pv_name) {
+            (Method::POST, _) => {
+                if path == "/api/v1/persistentvolumes" {
+                    let mut pv: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    pv["metadata"]["uid"] = "uid".into();
+                    pv["status"] = serde_json::json!({"phase": "Released"});
+                    let name = pv["metadata"]["name"].as_str().unwrap().to_owned();
+                    volumes.insert(name, pv);
+                }
+                (StatusCode::CREATED, bytes.to_vec())
+            }
+            (Method::GET, Some(name)) if volumes.contains_key(&name) => {
+                (StatusCode::OK, serde_json::to_vec(&volumes[&name]).unwrap())
+            }
+            (Method::DELETE | Method::PATCH, name) => {
+                if let Some(name) = name {
+                    volumes.remove(&name);
+                }
+                (
+                    StatusCode::OK,
+                    br#"{"kind":"Status","apiVersion":"v1","status":"Success"}"#.to_vec(),
+                )
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 br#"{"kind":"Status","status":"Failure","code":404}"#.to_vec(),

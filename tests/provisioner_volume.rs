@@ -307,6 +307,22 @@ fn assert_denied(err: &FsError, doing: &str, dir: &Path, owner: u32, mode: u32, 
     }
 }
 
+/// Giving a new directory away needs root: refused, permanently, and nothing is left behind.
+fn assert_chown_refused(root: &Path) {
+    let someone_else = DirPerms {
+        mode: 0o750,
+        uid: Some(1000),
+        gid: None,
+    };
+    let err =
+        kube_persist::provisioner::volume::ensure_dir_sync(root, &rel("given/away"), someone_else)
+            .unwrap_err();
+    assert!(matches!(err, FsError::ChownDenied { .. }), "{err}");
+    assert!(err.is_permanent(), "{err}");
+    assert!(err.to_string().contains("remove `uid` and `gid`"), "{err}");
+    assert!(root.join("given").is_dir() && !root.join("given/away").exists());
+}
+
 /// What uid 65532 can and cannot do in an export nfs-subdir-external-provisioner made, with a
 /// message naming the directory in the way and the fix; and that the fix (everything owned by
 /// 65532, as `chown -R` plus an all_squash export leave it) makes every operation work.
@@ -328,6 +344,7 @@ fn an_export_made_by_a_root_provisioner_gives_permanent_errors_with_the_fix() {
         let me = rustix::process::geteuid().as_raw();
         assert_denied(&err, "creating", &locked, me, 0o555, &["chmod u+rwx"]);
         chmod(&locked, 0o755);
+        assert_chown_refused(tmp.path());
         return;
     }
     for (owner, who) in [(0, "running as root"), (65534, "nobody")] {
@@ -458,6 +475,8 @@ fn an_export_made_by_a_root_provisioner_gives_permanent_errors_with_the_fix() {
         for r in &results {
             assert!(r.is_ok(), "{r:?}");
         }
+        let export = root.clone();
+        as_unprivileged(move || assert_chown_refused(&export));
         assert!(root.join("ns/archived-claim/data").exists());
         assert!(root.join("new-ns/claim").is_dir() && root.join("ns/new-claim").is_dir());
         assert!(!root.join("default-data-pvc-1").exists());

@@ -802,8 +802,15 @@ pub fn ensure_dir_sync(root: &Path, dir: &RelDir, perms: DirPerms) -> Result<Ens
     }
     // A new leaf starts owner-only, so that nobody uses it before its mode is final and this
     // process can always open it to set that mode.
-    let (leaf, created) = open_or_create(&parent, OsStr::new(dir.leaf()), 0o700, Access::Read)?;
-    apply_perms(&leaf, perms)?;
+    let name = OsStr::new(dir.leaf());
+    let (leaf, created) = open_or_create(&parent, name, 0o700, Access::Read)?;
+    if let Err(e) = apply_perms(&leaf, perms) {
+        // Leave nothing half-made behind (a retry would find it and fail the same way).
+        if created {
+            let _ = rfs::unlinkat(&parent.fd, name, AtFlags::REMOVEDIR);
+        }
+        return Err(e);
+    }
     Ok(if created {
         Ensured::Created
     } else {

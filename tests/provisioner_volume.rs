@@ -209,6 +209,46 @@ fn a_symlink_swapped_in_mid_operation_never_leads_outside_the_root() {
     );
 }
 
+/// The same race on the leaf: `ns/claim` flips between the real directory and a symlink to a
+/// directory outside the root while the provisioner sets its mode and owner. The outside
+/// directory's mode and owner must never change.
+#[test]
+fn a_leaf_swapped_for_a_symlink_is_never_chmodded_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(root.join("ns/claim")).unwrap();
+    fs::create_dir_all(outside.join("claim")).unwrap();
+    fs::write(outside.join("claim/keep"), b"outside").unwrap();
+    fs::set_permissions(outside.join("claim"), fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::symlink(outside.join("claim"), root.join("ns/claim-swap")).unwrap();
+    let as_root = rustix::process::geteuid().is_root();
+    let perms = DirPerms {
+        mode: 0o700,
+        uid: as_root.then_some(12345),
+        gid: as_root.then_some(12345),
+    };
+
+    let swapper = Swapper::start(&root.join("ns"), "claim", "claim-swap");
+    let started = Instant::now();
+    let (mut worked, mut refused) = (0u32, 0u32);
+    let mut escaped = None;
+    while started.elapsed() < Duration::from_secs(1) && escaped.is_none() {
+        match kube_persist::provisioner::volume::ensure_dir_sync(&root, &rel("ns/claim"), perms) {
+            Ok(_) => worked += 1,
+            Err(_) => refused += 1,
+        }
+        escaped = outside_untouched(&outside).err();
+    }
+    let swaps = swapper.stop();
+    assert_eq!(escaped, None, "ensure_dir followed the swapped-in symlink");
+    assert!(swaps > 100, "the swapper barely ran ({swaps} swaps)");
+    assert!(
+        worked > 0 && refused > 0,
+        "{worked} calls worked, {refused} refused; both should happen"
+    );
+}
+
 /// The uid kube-persist's image runs as.
 const UNPRIVILEGED: u32 = 65532;
 

@@ -289,13 +289,16 @@ fn chown_tree(path: &Path, uid: u32) {
 /// An export as nfs-subdir-external-provisioner leaves it. It runs as root with umask 022 and
 /// calls `MkdirAll(dir, 0777)` then `Chmod(dir, 0777)`: the export and `pathPattern` parents are
 /// `owner` (root, or nobody under root_squash) with mode 0755, volumes `owner` with mode 0777.
-/// Pods running as uid 1000 wrote into the volumes, one a directory of its own.
+/// Pods running as uid 1000 wrote into the volumes, one a directory of its own. `ours` is a
+/// `pathPattern` parent already given to 65532 (the partial fix the README describes).
 fn upstream_export(root: &Path, owner: u32) {
     fs::create_dir_all(root.join("ns/claim")).unwrap();
     fs::create_dir_all(root.join("default-data-pvc-1/cache")).unwrap();
+    fs::create_dir_all(root.join("ours/claim/cache")).unwrap();
     fs::write(root.join("ns/claim/data"), b"x").unwrap();
     fs::write(root.join("default-data-pvc-1/data"), b"x").unwrap();
     fs::write(root.join("default-data-pvc-1/cache/entry"), b"x").unwrap();
+    fs::write(root.join("ours/claim/cache/entry"), b"x").unwrap();
     for (path, uid, mode) in [
         ("", owner, 0o755),
         ("ns", owner, 0o755),
@@ -305,6 +308,10 @@ fn upstream_export(root: &Path, owner: u32) {
         ("default-data-pvc-1/data", 1000, 0o644),
         ("default-data-pvc-1/cache", 1000, 0o755),
         ("default-data-pvc-1/cache/entry", 1000, 0o644),
+        ("ours", UNPRIVILEGED, 0o755),
+        ("ours/claim", owner, 0o777),
+        ("ours/claim/cache", 1000, 0o755),
+        ("ours/claim/cache/entry", 1000, 0o644),
     ] {
         let path = root.join(path);
         chown(&path, uid);
@@ -420,6 +427,10 @@ fn an_export_made_by_a_root_provisioner_gives_permanent_errors_with_the_fix() {
                         .remove_all(&rel("default-data-pvc-1"))
                         .await
                         .map(|_| Ensured::Existed),
+                    volumes
+                        .remove_all(&rel("ours/claim"))
+                        .await
+                        .map(|_| Ensured::Existed),
                     volumes.probe().await.map(|()| Ensured::Existed),
                 ]
             });
@@ -433,6 +444,7 @@ fn an_export_made_by_a_root_provisioner_gives_permanent_errors_with_the_fix() {
             create_at_root,
             archive,
             remove,
+            remove_in_ours,
             probe,
         ] = results;
         // An existing volume with the mode asked for is reused as it is.
@@ -465,10 +477,14 @@ fn an_export_made_by_a_root_provisioner_gives_permanent_errors_with_the_fix() {
             &fix,
         );
         assert_denied(&archive.unwrap_err(), "creating", &ns, owner, 0o755, &fix);
-        // The pods' own directory (uid 1000, 0755) cannot be emptied by another uid.
-        let cache = root.join("default-data-pvc-1/cache");
+        // A volume in a directory it may not write is refused before anything in it is removed.
+        let volume = root.join("default-data-pvc-1");
+        assert_denied(&remove.unwrap_err(), "removing", &root, owner, 0o755, &fix);
+        assert!(volume.join("data").exists() && volume.join("cache/entry").exists());
+        // Where it may, the pods' own directory (uid 1000, 0755) still cannot be emptied.
+        let cache = root.join("ours/claim/cache");
         assert_denied(
-            &remove.unwrap_err(),
+            &remove_in_ours.unwrap_err(),
             "removing",
             &cache,
             1000,
@@ -508,6 +524,7 @@ fn an_export_made_by_a_root_provisioner_gives_permanent_errors_with_the_fix() {
                         .remove_all(&rel("default-data-pvc-1"))
                         .await
                         .map(Some),
+                    volumes.remove_all(&rel("ours/claim")).await.map(Some),
                     volumes.probe().await.map(|()| None),
                 ]
             })
@@ -519,6 +536,6 @@ fn an_export_made_by_a_root_provisioner_gives_permanent_errors_with_the_fix() {
         as_unprivileged(move || assert_chown_refused(&export));
         assert!(root.join("ns/archived-claim/data").exists());
         assert!(root.join("new-ns/claim").is_dir() && root.join("ns/new-claim").is_dir());
-        assert!(!root.join("default-data-pvc-1").exists());
+        assert!(!root.join("default-data-pvc-1").exists() && !root.join("ours/claim").exists());
     }
 }

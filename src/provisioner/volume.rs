@@ -906,6 +906,12 @@ pub fn remove_all_sync(root: &Path, dir: &RelDir) -> Result<Cleaned, FsError> {
     let Some(top) = open_child(&parent, leaf, Access::Read)? else {
         return Ok(Cleaned::Missing);
     };
+    // Removing the emptied directory needs write and search permission on its parent: check
+    // that first, so a volume that cannot be removed is not left half removed.
+    let may_remove = rfs::Access::WRITE_OK | rfs::Access::EXEC_OK;
+    if let Err(e) = rfs::accessat(&parent.fd, ".", may_remove, AtFlags::EACCESS) {
+        return Err(entry_err(Op::Rmdir, &parent, leaf, e));
+    }
     empty_tree(top)?;
     match rfs::unlinkat(&parent.fd, leaf, AtFlags::REMOVEDIR) {
         Ok(()) | Err(Errno::NOENT) => Ok(Cleaned::Removed),

@@ -125,7 +125,8 @@ impl Provisioner {
         let instance = leader::instance_name();
         let identity = leader::unique_identity(&instance);
         let probe_name = format!(".kube-persist-probe-{identity}");
-        let fs = VolumeRoot::new(config.nfs_root.clone(), tuning.fs_timeout, &probe_name);
+        let fs = VolumeRoot::new(config.nfs_root.clone(), tuning.fs_timeout, &probe_name)
+            .with_export(&config.nfs_path);
         Provisioner {
             metrics: Metrics::new(registry),
             config,

@@ -92,11 +92,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying cannot help until the object or its StorageClass changes (and a change
-    /// starts a reconcile of its own): the claim asks for something we do not do, a parameter
-    /// is wrong, a path is unsafe.
+    /// Whether retrying cannot help until the object, its StorageClass or the export changes (a
+    /// change of the first two starts a reconcile of its own): the claim asks for something we
+    /// do not do, a parameter is wrong, a path is unsafe, the export is not writable by us.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::Plan { .. } | Error::Delete(_))
+        match self {
+            Error::Plan { .. } | Error::Delete(_) => true,
+            // Permissions on the export, a symlink where a directory belongs: someone must
+            // change the server first.
+            Error::Fs { source, .. } => source.is_permanent(),
+            Error::Kube { .. } | Error::NotSynced(_) => false,
+        }
     }
 
     /// Short label for the `failures_total{reason}` metric.
@@ -897,6 +903,25 @@ mod tests {
         // A permanent failure waits an hour, every time.
         assert_eq!(b.failed("p", true), RetryBackoff::SLOW_RETRY);
         assert_eq!(b.failed("p", true), RetryBackoff::SLOW_RETRY);
+    }
+
+    #[test]
+    fn filesystem_failures_that_need_the_server_changed_are_permanent() {
+        let fs = |source| Error::Fs {
+            object: "monitoring/db".into(),
+            source,
+        };
+        let not_a_dir = FsError::NotADirectory {
+            path: "/persistentvolumes/x".into(),
+        };
+        let hung = FsError::Timeout {
+            op: "mkdir",
+            path: "/persistentvolumes/x".into(),
+            timeout: Duration::from_secs(15),
+        };
+        assert!(fs(not_a_dir).is_permanent());
+        assert!(!fs(hung).is_permanent());
+        assert!(!Error::NotSynced("persistentvolumes").is_permanent());
     }
 
     #[test]

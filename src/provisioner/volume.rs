@@ -543,11 +543,13 @@ impl VolumeRoot {
         let dir = dir.clone();
         let shown = self.root.join(dir.to_string()).display().to_string();
         self.run("list", shown, move |root| {
-            let Some(path) = existing_dir(root, &dir)? else {
+            let Some(parent) = open_parent(root, &dir)? else {
                 return Ok(false);
             };
-            let mut entries = fs::read_dir(&path).map_err(io_err("list", &path))?;
-            Ok(entries.next().is_some())
+            match open_child(&parent, OsStr::new(dir.leaf()), Access::Read)? {
+                Some(handle) => Ok(!list(&handle)?.is_empty()),
+                None => Ok(false),
+            }
         })
         .await
     }

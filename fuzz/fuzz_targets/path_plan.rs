@@ -202,9 +202,15 @@ fn check(case: &Case) {
     let mut planned = Vec::new();
     for claim in case.claims.iter().take(6) {
         let pvc = claim.to_pvc();
+        // As the reconciler calls it: every known volume, and the one of this claim's name.
         let known: Vec<&PersistentVolume> = planned.iter().map(|p: &Planned| &p.pv).collect();
+        let name = pvc.metadata.uid.as_deref().map(|u| format!("pvc-{u}"));
+        let existing = known
+            .iter()
+            .copied()
+            .find(|v| v.metadata.name == name);
         let ProvisionDecision::Provision(plan) =
-            plan_provision(&pvc, Some(&class), &config, None, &known)
+            plan_provision(&pvc, Some(&class), &config, existing, &known)
         else {
             continue;
         };

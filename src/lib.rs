@@ -44,6 +44,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         log_level: _,
         command,
     } = cli;
+    let Some(command) = command else {
+        anyhow::bail!("no subcommand (parse with Cli::parse_with_default, which implies one)");
+    };
     match command {
         Command::Serve(args) => {
             run(args.into_config()?, shutdown_signal()).await?;

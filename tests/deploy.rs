@@ -604,7 +604,7 @@ fn serve_args(c: &Container) -> kube_persist::cli::ServeArgs {
         "logs are JSON in the cluster"
     );
     match cli.command {
-        CliCommand::Serve(args) => args,
+        Some(CliCommand::Serve(args)) => args,
         other => panic!("the container runs {other:?}, not serve"),
     }
 }
@@ -941,7 +941,7 @@ fn the_webhook_calls_the_service_the_server_listens_behind() {
         .expect("parses")
         .command
     {
-        CliCommand::Serve(args) => args.listen,
+        Some(CliCommand::Serve(args)) => args.listen,
         _ => unreachable!(),
     };
     for dir in INSTALLS {
@@ -1112,7 +1112,7 @@ fn the_storage_class_is_served_by_the_provisioner_and_named_by_the_policy() {
         .expect("parses")
         .command
     {
-        CliCommand::Provisioner(args) => args.provisioner_name,
+        Some(CliCommand::Provisioner(args)) => args.provisioner_name,
         _ => unreachable!(),
     };
     for dir in INSTALLS {

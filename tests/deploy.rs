@@ -417,6 +417,7 @@ impl std::fmt::Debug for Grant {
 fn expected_grants() -> BTreeSet<Grant> {
     kube_persist::rbac::API_ACCESS
         .iter()
+        .filter(|a| a.in_deploy)
         .flat_map(|a| {
             a.verbs.iter().map(move |verb| Grant {
                 group: a.group.to_string(),
@@ -524,7 +525,7 @@ fn suggested_rules() -> String {
         });
         for a in kube_persist::rbac::API_ACCESS
             .iter()
-            .filter(|a| a.namespaced == namespaced)
+            .filter(|a| a.in_deploy && a.namespaced == namespaced)
         {
             s.push_str(&format!(
                 "  # {}\n  - apiGroups: [\"{}\"]\n    resources: [{}]\n    verbs: [{}]\n",

@@ -1,8 +1,13 @@
-//! Wiring: kube-runtime controllers for claims and volumes, a StorageClass reflector, the Lease,
-//! the mount probe and the usage walker. Decides nothing about a claim or a volume: the
+//! Wiring: kube-runtime controllers for claims and volumes, a StorageClass reflector, the leader
+//! election, the mount probe and the usage walker. Decides nothing about a claim or a volume: the
 //! reconcilers ([`super::reconcile`]) do.
 
-use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -14,16 +19,16 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::Recorder,
         reflector, watcher,
     },
 };
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use super::{
     Config,
-    leader::{self, LeaderHandle, LeaderTiming, LeaseElector},
+    events::Publisher,
+    leader::{self, LeaderHandle, LeaderTiming, LeaseElector, LockNames},
     metrics::Metrics,
     reconcile::{self, Context, RetryBackoff},
     volume::{MountHealth, VolumeRoot, WalkLimits},
@@ -88,6 +93,30 @@ impl Readiness {
     }
 }
 
+/// Liveness of the provisioner: its election loop still turns (each turn is bounded by the API
+/// call timeouts, so a loop silent for much longer is wedged). The mount plays no part: a hung
+/// hard NFS mount is not fixed by a restart, and an unhealthy mount already gives leadership up.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    beat: Option<Arc<Mutex<Instant>>>,
+    limit: Duration,
+}
+
+impl Liveness {
+    /// Why the provisioner is not live, for `/livez`; `None` when it is.
+    pub fn reason(&self) -> Option<String> {
+        let beat = self.beat.as_ref()?;
+        let last = beat.lock().map_or_else(|_| Instant::now(), |b| *b);
+        let silent = last.elapsed();
+        (silent > self.limit).then(|| {
+            format!(
+                "the leader election loop has not turned for {} s",
+                silent.as_secs()
+            )
+        })
+    }
+}
+
 /// The NFS provisioner controller.
 pub struct Provisioner {
     config: Config,
@@ -97,6 +126,8 @@ pub struct Provisioner {
     tuning: Tuning,
     instance: String,
     identity: String,
+    /// Last turn of the election loop (none without leader election).
+    beat: Option<Arc<Mutex<Instant>>>,
 }
 
 impl std::fmt::Debug for Provisioner {
@@ -125,6 +156,9 @@ impl Provisioner {
         let identity = leader::unique_identity(&instance);
         let probe_name = format!(".kube-persist-probe-{identity}");
         let fs = VolumeRoot::new(config.nfs_root.clone(), tuning.fs_timeout, &probe_name);
+        let config_beat = config
+            .enable_leader_election
+            .then(|| Arc::new(Mutex::new(Instant::now())));
         Provisioner {
             metrics: Metrics::new(registry),
             config,
@@ -133,6 +167,17 @@ impl Provisioner {
             tuning,
             instance,
             identity,
+            beat: config_beat,
+        }
+    }
+
+    /// Cheap handle for `/livez`. Silence of the election loop for three full turns (a pause
+    /// and every call timing out) counts as wedged.
+    pub fn liveness(&self) -> Liveness {
+        let timing = self.tuning.leader;
+        Liveness {
+            beat: self.beat.clone(),
+            limit: (timing.retry_period + timing.call_timeout * 4) * 3,
         }
     }
 
@@ -143,9 +188,11 @@ impl Provisioner {
         }
     }
 
-    /// Runs until `shutdown` resolves: probes the mount, campaigns for the Lease, and while
-    /// leader runs the claim and volume controllers. Losing the Lease stops them at once; they
-    /// start again (with fresh caches) when it is regained.
+    /// Runs until `shutdown` resolves: probes the mount, campaigns for the leader locks while
+    /// the mount is healthy (and gives them up while it is not), and while leader runs the
+    /// claim and volume controllers. Losing leadership stops them at once; they start again
+    /// (with fresh caches) when it is regained. Ends with an error when no lock can ever be
+    /// taken.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Provisioner {
             config,
@@ -155,6 +202,7 @@ impl Provisioner {
             tuning,
             instance,
             identity,
+            beat,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let probe = tokio::spawn(probe_loop(
@@ -163,15 +211,23 @@ impl Provisioner {
             stop_rx.clone(),
         ));
 
-        let (leader, elector) = if config.enable_leader_election {
+        let (leader, mut elector) = if config.enable_leader_election {
             let namespace = leader::lease_namespace_from_env(config.lease_namespace.as_deref());
-            let name = leader::lease_name(&config.provisioner_name);
-            tracing::info!(lease = %name, %namespace, %identity, "Leader election enabled");
+            let names = LockNames::for_provisioner(&config.provisioner_name, &namespace);
+            tracing::info!(lease = %names.lease, endpoints = ?names.endpoints, %namespace, %identity, "Leader election enabled");
             let (elector, handle) =
-                LeaseElector::new(client.clone(), &namespace, &name, &identity, tuning.leader);
+                LeaseElector::with_locks(client.clone(), &names, &identity, tuning.leader);
+            let elector = match beat {
+                Some(beat) => elector.with_heartbeat(beat),
+                None => elector,
+            };
             let m = metrics.clone();
-            let task =
-                tokio::spawn(elector.run(stopped(stop_rx.clone()), move |l| m.set_leader(l)));
+            let health = fs.health();
+            let task = tokio::spawn(elector.run(
+                stopped(stop_rx.clone()),
+                move || health.is_healthy(),
+                move |l| m.set_leader(l),
+            ));
             (handle, Some(task))
         } else {
             metrics.set_leader(true);
@@ -182,6 +238,7 @@ impl Provisioner {
         let result = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
+                e = election_end(&mut elector) => break Err(e),
                 _ = leader.acquired() => {}
             }
             tracing::info!(provisioner = %config.provisioner_name, "Provisioning started");
@@ -195,8 +252,9 @@ impl Provisioner {
             };
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
+                e = election_end(&mut elector) => break Err(e),
                 _ = leader.lost() => {
-                    tracing::warn!("Lost the Lease: provisioning stopped");
+                    tracing::warn!("Lost leadership: provisioning stopped");
                 }
                 () = run_controllers(parts, tuning) => {
                     break Err(anyhow::anyhow!("the provisioner controllers stopped unexpectedly"));
@@ -205,12 +263,28 @@ impl Provisioner {
         };
         let _ = stop_tx.send(true);
         if let Some(task) = elector {
-            // Releases the Lease; bounded so shutdown cannot hang on a dead API server.
-            let _ = tokio::time::timeout(tuning.leader.call_timeout * 2, task).await;
+            // Releases the locks; bounded so shutdown cannot hang on a dead API server.
+            let _ = tokio::time::timeout(tuning.leader.call_timeout * 4, task).await;
         }
         probe.abort();
         tracing::info!("Provisioner stopped");
         result
+    }
+}
+
+/// Resolves when the election task ends (never without one), with why; takes the task.
+async fn election_end(
+    task: &mut Option<tokio::task::JoinHandle<Result<(), leader::LeaderError>>>,
+) -> anyhow::Error {
+    let Some(running) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = running.await;
+    *task = None;
+    match ended {
+        Ok(Ok(())) => anyhow::anyhow!("leader election stopped unexpectedly"),
+        Ok(Err(e)) => anyhow::Error::new(e),
+        Err(e) => anyhow::anyhow!("the leader election task failed: {e}"),
     }
 }
 
@@ -291,7 +365,7 @@ async fn run_controllers(parts: Parts, tuning: Tuning) {
     )
     .with_config(controller_config);
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
+        recorder: Publisher::new(
             client.clone(),
             reconcile::reporter(&config.provisioner_name, &instance),
         ),

@@ -422,3 +422,31 @@ async fn usage_loop(ctx: Arc<Context>, tuning: Tuning) {
         tokio::time::sleep(tuning.walk_interval).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_fails_once_the_election_loop_is_silent_past_its_limit() {
+        let beat = Arc::new(Mutex::new(Instant::now()));
+        let live = Liveness {
+            beat: Some(Arc::clone(&beat)),
+            limit: Duration::from_secs(66),
+        };
+        assert_eq!(live.reason(), None);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(live.reason(), None);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let why = live.reason().unwrap();
+        assert!(why.contains("has not turned for 67 s"), "{why}");
+        *beat.lock().unwrap() = Instant::now();
+        assert_eq!(live.reason(), None);
+        // Without leader election there is no loop to watch.
+        let none = Liveness {
+            beat: None,
+            limit: Duration::ZERO,
+        };
+        assert_eq!(none.reason(), None);
+    }
+}

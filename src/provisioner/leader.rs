@@ -808,8 +808,8 @@ impl LeaseElector {
         self.locks.iter().any(|l| l.last_written.is_some())
     }
 
-    /// Campaigns until `stop` resolves, then releases the locks held. While `eligible` answers
-    /// false it does not campaign and gives up what it holds. Ends early only when no lock can
+    /// Campaigns until `stop` resolves, then releases the locks held. While `eligible` (the NFS
+    /// mount is healthy) answers false it does not campaign and gives up what it holds. Ends early only when no lock can
     /// ever be taken ([`LeaderError::NoLock`]).
     pub async fn run(
         mut self,
@@ -819,7 +819,7 @@ impl LeaseElector {
     ) -> Result<(), LeaderError> {
         let mut stop = std::pin::pin!(stop);
         let mut was_leader = false;
-        let mut was_eligible = true;
+        let mut was_eligible = None;
         let mut result = Ok(());
         loop {
             if let Some(beat) = &self.beat
@@ -828,14 +828,15 @@ impl LeaseElector {
                 *b = Instant::now();
             }
             let may_lead = eligible();
-            if may_lead != was_eligible {
-                if may_lead {
-                    tracing::info!("Campaigning for leadership again");
-                } else {
-                    tracing::warn!("Not fit to provision: giving up leadership until fit again");
-                }
-                was_eligible = may_lead;
+            match (was_eligible, may_lead) {
+                (None, false) => tracing::info!("Waiting for the NFS mount before campaigning"),
+                (Some(false), true) => tracing::info!("The NFS mount answers: campaigning again"),
+                (Some(true), false) => tracing::warn!(
+                    "The NFS mount is unhealthy: giving leadership up until it answers again"
+                ),
+                _ => {}
             }
+            was_eligible = Some(may_lead);
             if may_lead {
                 match self.try_acquire_or_renew().await {
                     Ok(_) => {}

@@ -1011,10 +1011,13 @@ fn mount_failover(c: &mut Cluster) {
             .filter(|h| !h.is_empty())
     };
     let holder = wait_for(
-        "a replica holding the Lease",
+        "a replica holding the Lease and the Endpoints lock",
         Duration::from_secs(30),
         || c.tails(),
-        || lease_holder(c),
+        || {
+            lease_holder(c)
+                .filter(|h| endpoints_holder(c, "kube-persist", lock).as_ref() == Some(h))
+        },
     );
     let ids: Vec<Option<String>> = replicas
         .iter()

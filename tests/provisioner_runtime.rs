@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::{Client, client::Body};
 use kube_persist::{
     admin::{self, AdminState},
-    provisioner::{Config, Provisioner, Readiness, Tuning, leader::LeaderTiming},
+    provisioner::{Config, Liveness, Provisioner, Readiness, Tuning, leader::LeaderTiming},
     rbac,
 };
 use prometheus_client::registry::Registry;
@@ -284,6 +284,18 @@ fn admin_router(readiness: Readiness, registry: Arc<Registry>) -> axum::Router {
     admin::router(AdminState::new(registry, move || readiness.reason()))
 }
 
+/// The admin routes with `/livez` answered by the provisioner's liveness.
+fn admin_router_live(
+    readiness: Readiness,
+    liveness: Liveness,
+    registry: Arc<Registry>,
+) -> axum::Router {
+    admin::router(
+        AdminState::new(registry, move || readiness.reason())
+            .with_liveness(move || liveness.reason()),
+    )
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..200 {
         if cond() {
@@ -401,6 +413,7 @@ async fn readiness_fails_on_an_unusable_mount() {
         tuning(),
     );
     let readiness = provisioner.readiness();
+    let liveness = provisioner.liveness();
     assert!(!readiness.is_ready(), "ready before any probe");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(provisioner.run(async move {
@@ -413,17 +426,18 @@ async fn readiness_fails_on_an_unusable_mount() {
         "{:?}",
         readiness.reason()
     );
-    let router = admin_router(readiness, Arc::new(registry));
-    let r = router
-        .oneshot(
-            Request::builder()
-                .uri("/readyz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let router = admin_router_live(readiness, liveness, Arc::new(registry));
+    let get = |uri: &str| {
+        Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let r = router.clone().oneshot(get("/readyz")).await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Unready for the mount, yet live: a restart would not bring the mount back.
+    let r = router.oneshot(get("/livez")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), run)
         .await

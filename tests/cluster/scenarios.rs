@@ -941,7 +941,49 @@ fn upstream_swap(c: &mut Cluster) {
         new.tail(40)
     );
     new.assert_running();
+
+    // And back: an upstream pod started now respects kube-persist's record (client-go reads it)
+    // and, once kube-persist stops and releases the lock, takes it at its next retry instead of
+    // waiting out the lease duration.
+    let back_identity = "nfs-client-provisioner-6c8d9f-r7t2m_1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+    let mut cmd = std::process::Command::new(c.oldleader());
+    cmd.args([
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={ns}"),
+        format!("--provisioner={provisioner}"),
+        format!("--identity={back_identity}"),
+    ]);
+    let mut back = Proc::start("oldleader-back", cmd, &c.logs);
+    std::thread::sleep(LEASE_DURATION / 3);
+    back.assert_running();
+    assert!(
+        !old_log_leads(&back),
+        "the upstream pod led beside kube-persist: {}",
+        back.tail(20)
+    );
     new.stop();
+    let stopped_at = Instant::now();
+    wait_for(
+        "the upstream pod leading after kube-persist released the lock",
+        LEASE_DURATION,
+        || back.tail(20),
+        || {
+            (old_log_leads(&back)
+                && endpoints_holder(c, ns, lock).as_deref() == Some(back_identity))
+            .then_some(())
+        },
+    );
+    let took = stopped_at.elapsed();
+    eprintln!(
+        "upstream-swap: the upstream pod led {:.1} s after kube-persist stopped",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < LEASE_DURATION / 2,
+        "the released lock was waited out like a held one ({:.1} s)",
+        took.as_secs_f64()
+    );
+    back.stop();
 }
 
 // ---------------------------------------------------------------------------------------------

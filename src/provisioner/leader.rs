@@ -742,7 +742,11 @@ impl LeaseElector {
         let mut held_any = false;
         for lock in &mut self.locks {
             let outcome = lock.round(&self.identity, &self.timing, started, now).await;
-            let forbidden_now = matches!(outcome, Ok(LockRound::Forbidden(_)));
+            // An error says nothing about permission: only answers change what we logged.
+            let forbidden_now = match &outcome {
+                Ok(round) => matches!(round, LockRound::Forbidden(_)),
+                Err(_) => lock.forbidden,
+            };
             if forbidden_now != lock.forbidden {
                 if forbidden_now {
                     tracing::warn!(lock = %lock.kind, name = %lock.name, namespace = %lock.namespace,

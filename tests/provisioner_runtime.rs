@@ -46,6 +46,8 @@ struct State {
     renewals: i64,
     /// When the other holder last renewed.
     last_renewal: Option<std::time::Instant>,
+    /// While set, another holder renews the Lease too (a replica holding both locks).
+    renewing_lease: Option<String>,
     /// Resources answered with 403: `leases`, `endpoints`, `events.k8s.io`, `events`.
     forbidden: Vec<&'static str>,
     created_pvs: Vec<Value>,
@@ -146,16 +148,31 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, state: Arc<Mut
             st.renewals += 1;
             st.last_renewal = Some(std::time::Instant::now());
             let renewed = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(st.renewals);
+            let seconds = if st.renewing_lease.is_some() { 2 } else { 1 };
             let Some(ep) = st.endpoints.as_mut() else {
                 panic!("renewing an Endpoints lock that does not exist")
             };
             ep["metadata"]["annotations"][LEADER] = json!(
-                json!({"holderIdentity": holder, "leaseDurationSeconds": 1,
+                json!({"holderIdentity": holder, "leaseDurationSeconds": seconds,
                        "acquireTime": "2026-03-01T10:00:00Z",
                        "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                        "leaderTransitions": 2})
                 .to_string()
             );
+        }
+        if let Some(holder) = st.renewing_lease.clone() {
+            st.renewals += 1;
+            st.last_renewal = Some(std::time::Instant::now());
+            let renewed = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(st.renewals);
+            st.lease_rv += 1;
+            st.lease = Some(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "fuseim.pri-ifs", "namespace": "kube-persist",
+                             "resourceVersion": st.lease_rv.to_string()},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 2,
+                         "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                         "leaseTransitions": 0}
+            }));
         }
         match (parts.method.clone(), path.as_str()) {
             (Method::GET, _) if watch => st.watches.push(send),
@@ -681,5 +698,55 @@ async fn a_hung_mount_gives_leadership_up_until_it_answers_again() {
     .await;
     assert!(run.readiness.is_ready());
     reader.join().unwrap();
+    run.stop().await.unwrap();
+}
+
+/// Another replica holds both locks and dies: the standby, which stopped at the Lease each
+/// round, has still been reading the Endpoints lock, so both expire for it together and it
+/// takes over after one lease duration, not one per lock.
+#[tokio::test]
+async fn a_dead_holder_of_both_locks_is_replaced_after_one_lease_duration() {
+    let root = tempfile::tempdir().unwrap();
+    let peer = "kube-persist-7f9c_00000000deadbeef";
+    let state = Arc::new(Mutex::new(State {
+        endpoints: Some(json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "fuseim.pri-ifs", "namespace": "kube-persist",
+                         "resourceVersion": "1", "annotations": {}}
+        })),
+        endpoints_rv: 1,
+        renewing: Some(peer.to_owned()),
+        renewing_lease: Some(peer.to_owned()),
+        ..State::default()
+    }));
+    let mut tuning = quick();
+    tuning.leader.lease_duration = Duration::from_secs(2);
+    tuning.leader.renew_deadline = Duration::from_millis(1400);
+    let run = Run::start(root.path(), &state, tuning);
+    wait_for("readiness", || run.readiness.is_ready()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(state.lock().unwrap().created_pvs.is_empty());
+    let last_renewal = {
+        let mut st = state.lock().unwrap();
+        st.renewing = None;
+        st.renewing_lease = None;
+        st.last_renewal.unwrap()
+    };
+    for _ in 0..400 {
+        if !state.lock().unwrap().created_pvs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let took = last_renewal.elapsed();
+    assert_eq!(
+        state.lock().unwrap().created_pvs.len(),
+        1,
+        "never took over"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3500),
+        "took over {took:?} after the peer's last renewal (lease 2 s)"
+    );
     run.stop().await.unwrap();
 }

@@ -596,6 +596,22 @@ impl Lock {
         }
     }
 
+    /// Reads the lock and notes when its record last changed, without taking it. Failures
+    /// are ignored: the next round reads it again.
+    async fn observe(&mut self, timeout: Duration, started: Instant) {
+        if let Ok(Ok(Some(current))) = self.get(timeout).await {
+            let record = current.record();
+            if self
+                .observed
+                .as_ref()
+                .is_none_or(|(seen, _)| *seen != record)
+            {
+                self.observed = Some((record, started));
+            }
+        }
+        self.last_written = None;
+    }
+
     fn won(&mut self, written: Stored, started: Instant) -> LockRound {
         self.observed = Some((written.record(), started));
         self.last_written = Some(written);
@@ -740,7 +756,10 @@ impl LeaseElector {
         let now = jiff::Timestamp::now();
         let mut refused: Vec<(LockKind, &'static str)> = Vec::new();
         let mut held_any = false;
-        for lock in &mut self.locks {
+        for index in 0..self.locks.len() {
+            let Some(lock) = self.locks.get_mut(index) else {
+                break;
+            };
             let outcome = lock.round(&self.identity, &self.timing, started, now).await;
             // An error says nothing about permission: only answers change what we logged.
             let forbidden_now = match &outcome {
@@ -764,7 +783,15 @@ impl LeaseElector {
                     lock.last_written = None;
                     refused.push((lock.kind, verb));
                 }
-                Ok(LockRound::Taken) => return Ok(self.lost_round()),
+                Ok(LockRound::Taken) => {
+                    // The later locks are only read, so that their records are judged from
+                    // when they last changed, not from when we first get to them: a holder
+                    // that dies holding them all is replaced after one lease duration.
+                    for later in self.locks.iter_mut().skip(index + 1) {
+                        later.observe(self.timing.call_timeout, started).await;
+                    }
+                    return Ok(self.lost_round());
+                }
                 Err(e) => {
                     self.all_forbidden_since = None;
                     return Err(e);

@@ -39,5 +39,6 @@ COPY --from=build /out/kube-persist /usr/local/bin/kube-persist
 USER 65532:65532
 # 8443: webhook (HTTPS, POST /mutate); 8080: admin (HTTP, /livez /readyz /metrics).
 EXPOSE 8443 8080
+# No CMD: with no arguments the binary runs the provisioner when NFS_SERVER or NFS_PATH is set
+# (nfs-subdir-external-provisioner's Deployment sets both and passes no arguments), else `serve`.
 ENTRYPOINT ["/usr/local/bin/kube-persist"]
-CMD ["serve"]

@@ -20,7 +20,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::server::conns::{self, ConnLimits, ConnState, Slots};
 
-/// A readiness check: `None` when ready, else why not.
+/// A readiness (or liveness) check: `None` when ready, else why not.
 pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// What the admin handlers read.
@@ -30,6 +30,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// Decides `/readyz` (the component the Service routes to).
     pub ready: ReadyCheck,
+    /// Decides `/livez` (always live unless the owner says otherwise).
+    pub live: ReadyCheck,
     /// Further components, each at `/readyz/<name>` (not part of `/readyz`).
     pub components: Vec<(&'static str, ReadyCheck)>,
 }
@@ -43,8 +45,18 @@ impl AdminState {
         AdminState {
             registry,
             ready: Arc::new(ready),
+            live: Arc::new(|| None),
             components: Vec::new(),
         }
+    }
+
+    /// `/livez` answered by `live` (503 with its reason when it returns one).
+    pub fn with_liveness(
+        mut self,
+        live: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.live = Arc::new(live);
+        self
     }
 }
 
@@ -161,7 +173,7 @@ async fn serve_connection(
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/readyz/{component}", get(component))
         .route("/metrics", get(metrics))
@@ -180,6 +192,17 @@ fn answer(check: &ReadyCheck) -> Response {
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn livez(State(state): State<AdminState>) -> Response {
+    match (state.live)() {
+        None => (StatusCode::OK, "ok\n".to_string()).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not live: {why}\n"),
         )
             .into_response(),
     }

@@ -1,7 +1,7 @@
 //! Command line: clap definitions (long flags, each with an environment twin) and their
 //! validation into plain configuration structs. Nothing outside this module sees clap types.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -18,9 +18,15 @@ pub const DEFAULT_MAX_BODY_MEMORY: usize = 64 * 1024 * 1024;
 /// Default cap on admin port connections (probes and scrapes need a few).
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
 
+/// What `kube-persist` runs without a subcommand, for `--help`.
+const NO_SUBCOMMAND_HELP: &str = "\
+Without a subcommand: `provisioner` when NFS_SERVER or NFS_PATH is set in the environment (as
+nfs-subdir-external-provisioner's Deployment sets them, so its image can be swapped for this one
+with no command or arguments), else `serve`.";
+
 /// kube-persist: keeps monitoring data in Kubernetes on persistent volumes.
 #[derive(Debug, Parser)]
-#[command(name = "kube-persist", version, about, long_about = None)]
+#[command(name = "kube-persist", version, about, long_about = None, after_help = NO_SUBCOMMAND_HELP)]
 pub struct Cli {
     /// Log format of the diagnostic log (the audit log is always JSON).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KUBE_PERSIST_LOG_FORMAT")]
@@ -33,9 +39,42 @@ pub struct Cli {
         env = "KUBE_PERSIST_LOG_LEVEL"
     )]
     pub log_level: String,
-    /// What to run.
+    /// What to run (see below for none).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// The subcommand run when none is given: `provisioner` when either NFS export variable is set
+/// (an nfs-subdir-external-provisioner Deployment sets both and passes no arguments; with only
+/// one set, the provisioner then names the missing one instead of a webhook starting in its
+/// place), else `serve`.
+pub fn implied_subcommand(nfs_server_set: bool, nfs_path_set: bool) -> &'static str {
+    if nfs_server_set || nfs_path_set {
+        "provisioner"
+    } else {
+        "serve"
+    }
+}
+
+impl Cli {
+    /// Parses `args` (the program name first); without a subcommand, parses them again with the
+    /// [`implied_subcommand`] appended, given which variables `is_set` finds in the environment.
+    pub fn parse_with_default<I, T>(
+        args: I,
+        is_set: impl Fn(&str) -> bool,
+    ) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cli = Cli::try_parse_from(&args)?;
+        if cli.command.is_some() {
+            return Ok(cli);
+        }
+        let implied = implied_subcommand(is_set("NFS_SERVER"), is_set("NFS_PATH"));
+        Cli::try_parse_from(args.into_iter().chain([OsString::from(implied)]))
+    }
 }
 
 /// Output format of the diagnostic log.
@@ -480,9 +519,49 @@ mod tests {
         Cli::try_parse_from(std::iter::once("kube-persist").chain(args.iter().copied()))
     }
 
+    fn parse_env(args: &[&str], set: &[&str]) -> Option<Command> {
+        Cli::parse_with_default(
+            std::iter::once("kube-persist").chain(args.iter().copied()),
+            |name| set.contains(&name),
+        )
+        .unwrap()
+        .command
+    }
+
+    #[test]
+    fn no_subcommand_runs_the_provisioner_when_the_export_is_in_the_environment() {
+        let both = ["NFS_SERVER", "NFS_PATH"];
+        assert!(matches!(
+            parse_env(&[], &both),
+            Some(Command::Provisioner(_))
+        ));
+        assert!(matches!(
+            parse_env(&["--log-format", "json"], &both),
+            Some(Command::Provisioner(_))
+        ));
+        assert!(matches!(
+            parse_env(&[], &["NFS_PATH"]),
+            Some(Command::Provisioner(_))
+        ));
+        assert!(matches!(parse_env(&[], &[]), Some(Command::Serve(_))));
+        assert!(matches!(
+            parse_env(&["--log-level", "debug"], &["KUBECONFIG"]),
+            Some(Command::Serve(_))
+        ));
+        // An explicit subcommand wins.
+        assert!(matches!(
+            parse_env(&["serve"], &both),
+            Some(Command::Serve(_))
+        ));
+        assert!(matches!(
+            parse_env(&["certs", "--out", "x"], &both),
+            Some(Command::Certs(_))
+        ));
+    }
+
     #[test]
     fn serve_defaults_use_a_dev_certificate() {
-        let Command::Serve(args) = parse(&["serve"]).unwrap().command else {
+        let Some(Command::Serve(args)) = parse(&["serve"]).unwrap().command else {
             panic!("not serve")
         };
         let config = args.into_config().unwrap();
@@ -497,7 +576,8 @@ mod tests {
 
     #[test]
     fn half_a_key_pair_is_refused() {
-        let Command::Serve(args) = parse(&["serve", "--tls-cert", "a.crt"]).unwrap().command else {
+        let Some(Command::Serve(args)) = parse(&["serve", "--tls-cert", "a.crt"]).unwrap().command
+        else {
             panic!("not serve")
         };
         let err = args.into_config().unwrap_err().to_string();
@@ -506,7 +586,7 @@ mod tests {
 
     #[test]
     fn body_memory_must_hold_one_body() {
-        let Command::Serve(args) = parse(&["serve", "--max-body-memory", "1048576"])
+        let Some(Command::Serve(args)) = parse(&["serve", "--max-body-memory", "1048576"])
             .unwrap()
             .command
         else {

@@ -44,6 +44,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         log_level: _,
         command,
     } = cli;
+    let Some(command) = command else {
+        anyhow::bail!("no subcommand (parse with Cli::parse_with_default, which implies one)");
+    };
     match command {
         Command::Serve(args) => {
             run(args.into_config()?, shutdown_signal()).await?;
@@ -148,8 +151,8 @@ pub async fn run(
 }
 
 /// `kube-persist provisioner`: the provisioner with its own admin port
-/// (`--provisioner-admin-listen`, where `/readyz` is the provisioner's readiness) until
-/// `shutdown` resolves.
+/// (`--provisioner-admin-listen`, where `/readyz` is the mount's health and `/livez` the
+/// provisioner's loops') until `shutdown` resolves.
 pub async fn run_provisioner(
     config: provisioner::Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -159,13 +162,15 @@ pub async fn run_provisioner(
     let mut registry = Registry::default();
     let provisioner = Provisioner::new(config, client, &mut registry);
     let readiness = provisioner.readiness();
+    let liveness = provisioner.liveness();
     let listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen on --provisioner-admin-listen {admin_listen}"))?;
     tracing::info!(addr = %admin_listen, "Admin port listening (/livez, /readyz, /metrics)");
 
     let shutdown = shutdown.shared();
-    let state = AdminState::new(Arc::new(registry), move || readiness.reason());
+    let state = AdminState::new(Arc::new(registry), move || readiness.reason())
+        .with_liveness(move || liveness.reason());
     let admin = admin::serve(
         listener,
         state,

@@ -2,12 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 fn main() -> ExitCode {
     // One crypto provider for rustls, chosen before anything builds a TLS config.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = kube_persist::cli::Cli::parse();
+    let cli = match kube_persist::cli::Cli::parse_with_default(std::env::args_os(), |name| {
+        std::env::var_os(name).is_some()
+    }) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Err(e) = kube_persist::telemetry::init(cli.log_format, &cli.log_level) {
         eprintln!("kube-persist: {e:#}");
         return ExitCode::from(2);

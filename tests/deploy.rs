@@ -417,6 +417,7 @@ impl std::fmt::Debug for Grant {
 fn expected_grants() -> BTreeSet<Grant> {
     kube_persist::rbac::API_ACCESS
         .iter()
+        .filter(|a| a.in_deploy)
         .flat_map(|a| {
             a.verbs.iter().map(move |verb| Grant {
                 group: a.group.to_string(),
@@ -524,7 +525,7 @@ fn suggested_rules() -> String {
         });
         for a in kube_persist::rbac::API_ACCESS
             .iter()
-            .filter(|a| a.namespaced == namespaced)
+            .filter(|a| a.in_deploy && a.namespaced == namespaced)
         {
             s.push_str(&format!(
                 "  # {}\n  - apiGroups: [\"{}\"]\n    resources: [{}]\n    verbs: [{}]\n",
@@ -556,16 +557,26 @@ fn rbac_grants_exactly_the_api_access_table() {
     }
 }
 
+/// The provisioner's Deployment.
+const PROVISIONER: &str = "kube-persist-provisioner";
+
 #[test]
 fn the_deployment_runs_as_the_bound_service_account() {
     for dir in INSTALLS {
         let docs = rendered(dir);
-        let deployment: Deployment = find(docs, "Deployment", "kube-persist");
+        let deployment: Deployment = find(docs, "Deployment", PROVISIONER);
         let spec = pod_spec(&deployment);
         assert_eq!(spec.service_account_name.as_deref(), Some(SERVICE_ACCOUNT));
         assert_ne!(spec.automount_service_account_token, Some(false));
         let sa: ServiceAccount = find(docs, "ServiceAccount", SERVICE_ACCOUNT);
         assert_eq!(sa.metadata.namespace.as_deref(), Some(NAMESPACE));
+        // The webhook calls no API: no token in its pods.
+        let webhook: Deployment = find(docs, "Deployment", "kube-persist");
+        assert_eq!(
+            pod_spec(&webhook).automount_service_account_token,
+            Some(false),
+            "{dir}"
+        );
     }
 }
 
@@ -604,7 +615,7 @@ fn serve_args(c: &Container) -> kube_persist::cli::ServeArgs {
         "logs are JSON in the cluster"
     );
     match cli.command {
-        CliCommand::Serve(args) => args,
+        Some(CliCommand::Serve(args)) => args,
         other => panic!("the container runs {other:?}, not serve"),
     }
 }
@@ -704,7 +715,10 @@ fn the_container_command_line_matches_the_mounts_and_ports() {
         let spec = pod_spec(&d);
         let args = serve_args(c);
 
-        assert!(args.provisioner, "{dir}: serve --provisioner");
+        assert!(
+            !args.provisioner,
+            "{dir}: the provisioner runs in its own Deployment, not beside the webhook"
+        );
         let tls_dir = mount_path(c, "tls");
         let tls_secret = volume(spec, "tls")
             .secret
@@ -748,9 +762,40 @@ fn the_container_command_line_matches_the_mounts_and_ports() {
         );
         assert!(args.listen.ip().is_unspecified() && args.admin_listen.ip().is_unspecified());
 
-        // The provisioner's NFS mount and environment.
+        // Nothing of the webhook pod depends on NFS: its readiness cannot.
+        assert!(
+            spec.volumes.iter().flatten().all(|v| v.nfs.is_none()),
+            "{dir}: an NFS volume in the webhook pod"
+        );
+    }
+}
+
+/// The provisioner's container command line, parsed by the real CLI.
+fn provisioner_args(c: &Container) -> kube_persist::cli::ProvisionerArgs {
+    let command = c.command.clone().unwrap_or_default();
+    assert_eq!(command.len(), 1, "command is the binary alone: {command:?}");
+    assert!(command[0].ends_with("/kube-persist"), "command {command:?}");
+    let argv = command.iter().chain(c.args.iter().flatten());
+    let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("args do not parse: {e}"));
+    assert_eq!(cli.log_format, kube_persist::cli::LogFormat::Json);
+    match cli.command {
+        Some(CliCommand::Provisioner(args)) => args,
+        other => panic!("the container runs {other:?}, not provisioner"),
+    }
+}
+
+/// The provisioner runs alone in its pods, on the export its environment names, with its
+/// readiness (the mount) and liveness (its loops) probed on its own admin port.
+#[test]
+fn the_provisioner_runs_alone_on_the_mounted_export_with_its_own_probes() {
+    for dir in INSTALLS {
+        let docs = rendered(dir);
+        let d: Deployment = find(docs, "Deployment", PROVISIONER);
+        let c = container(&d);
+        let spec = pod_spec(&d);
+        let args = provisioner_args(c);
         assert_eq!(
-            args.provisioner_args.nfs_root,
+            args.nfs_root,
             Path::new(mount_path(c, "nfs-root")),
             "{dir}: --nfs-root is where the export is mounted"
         );
@@ -771,6 +816,43 @@ fn the_container_command_line_matches_the_mounts_and_ports() {
             Some("metadata.namespace"),
             "the Role is in our namespace"
         );
+        assert_eq!(
+            args.provisioner_admin_listen.port(),
+            u16::try_from(container_port(c, "admin")).expect("port"),
+            "{dir}: --provisioner-admin-listen and containerPort admin"
+        );
+        assert!(args.provisioner_admin_listen.ip().is_unspecified());
+        assert_eq!(c.ports.iter().flatten().count(), 1, "only the admin port");
+        // A rollout never removes an old replica before a new one sees a healthy mount.
+        let rolling = d
+            .spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref())
+            .expect("a rolling update");
+        assert_eq!(
+            rolling.max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+        );
+        // Not in the webhook's Service, not under its disruption budget.
+        let labels = pod_labels(&d);
+        let service: Service = find(docs, "Service", "kube-persist");
+        let selector = service
+            .spec
+            .and_then(|s| s.selector)
+            .expect("the webhook Service selects pods");
+        assert!(
+            !selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "{dir}: the webhook Service would route reviews to the provisioner"
+        );
+        let pdb: PodDisruptionBudget = find(docs, "PodDisruptionBudget", "kube-persist");
+        assert!(!selects(
+            pdb.spec
+                .and_then(|s| s.selector)
+                .as_ref()
+                .expect("selector"),
+            &labels
+        ));
     }
 }
 
@@ -781,8 +863,13 @@ fn every_env_var_is_read_by_the_cli_or_is_downward_api_metadata() {
         .get_subcommands()
         .find(|s| s.get_name() == "serve")
         .expect("serve");
+    let provisioner = cli
+        .get_subcommands()
+        .find(|s| s.get_name() == "provisioner")
+        .expect("provisioner");
     let mut known: BTreeSet<String> = serve
         .get_arguments()
+        .chain(provisioner.get_arguments())
         .chain(cli.get_arguments())
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())
@@ -790,13 +877,15 @@ fn every_env_var_is_read_by_the_cli_or_is_downward_api_metadata() {
     // Informational: the pod's identity (logs, events, Lease holder).
     known.extend(["POD_NAME".to_string(), "POD_NAMESPACE".to_string()]);
     for dir in INSTALLS {
-        let d: Deployment = find(rendered(dir), "Deployment", "kube-persist");
-        for var in container(&d).env.iter().flatten() {
-            assert!(
-                known.contains(&var.name),
-                "{dir}: env {} is read by nothing (known: {known:?})",
-                var.name
-            );
+        for name in ["kube-persist", PROVISIONER] {
+            let d: Deployment = find(rendered(dir), "Deployment", name);
+            for var in container(&d).env.iter().flatten() {
+                assert!(
+                    known.contains(&var.name),
+                    "{dir}: env {} of {name} is read by nothing (known: {known:?})",
+                    var.name
+                );
+            }
         }
     }
 }
@@ -804,8 +893,32 @@ fn every_env_var_is_read_by_the_cli_or_is_downward_api_metadata() {
 #[test]
 fn the_pod_is_hardened_and_highly_available() {
     for dir in INSTALLS {
+        for name in ["kube-persist", PROVISIONER] {
+            hardened_and_spread(dir, name);
+        }
         let docs = rendered(dir);
         let d: Deployment = find(docs, "Deployment", "kube-persist");
+        // The pod template's labels are what every selector relies on.
+        let labels = pod_labels(&d);
+        let pdb: PodDisruptionBudget = find(docs, "PodDisruptionBudget", "kube-persist");
+        let pdb_spec = pdb.spec.expect("spec");
+        assert!(selects(
+            pdb_spec.selector.as_ref().expect("selector"),
+            &labels
+        ));
+        assert!(
+            pdb_spec.min_available.is_some() || pdb_spec.max_unavailable.is_some(),
+            "{dir}: a disruption budget"
+        );
+    }
+}
+
+/// Deployment `name` of the render of `dir`: two replicas spread over nodes, a restricted pod,
+/// resources, and HTTP probes on its admin port.
+fn hardened_and_spread(dir: &str, name: &str) {
+    {
+        let docs = rendered(dir);
+        let d: Deployment = find(docs, "Deployment", name);
         let spec = pod_spec(&d);
         let c = container(&d);
         let dspec = &d.spec;
@@ -860,19 +973,8 @@ fn the_pod_is_hardened_and_highly_available() {
             );
         }
 
-        // The pod template's labels are what every selector relies on.
         let labels = pod_labels(&d);
         assert!(selects(&dspec.selector, &labels));
-        let pdb: PodDisruptionBudget = find(docs, "PodDisruptionBudget", "kube-persist");
-        let pdb_spec = pdb.spec.expect("spec");
-        assert!(selects(
-            pdb_spec.selector.as_ref().expect("selector"),
-            &labels
-        ));
-        assert!(
-            pdb_spec.min_available.is_some() || pdb_spec.max_unavailable.is_some(),
-            "{dir}: a disruption budget"
-        );
         let anti = spec
             .affinity
             .as_ref()
@@ -903,14 +1005,16 @@ fn the_pod_is_hardened_and_highly_available() {
 #[test]
 fn the_image_is_tagged_with_the_crate_version() {
     for dir in INSTALLS {
-        let d: Deployment = find(rendered(dir), "Deployment", "kube-persist");
-        let image = container(&d).image.clone().unwrap_or_default();
-        let tag = image.rsplit_once(':').map(|(_, t)| t);
-        assert_eq!(
-            tag,
-            Some(env!("CARGO_PKG_VERSION")),
-            "{dir}: image {image}: bump newTag in deploy/base/kustomization.yaml with the version"
-        );
+        for name in ["kube-persist", PROVISIONER] {
+            let d: Deployment = find(rendered(dir), "Deployment", name);
+            let image = container(&d).image.clone().unwrap_or_default();
+            let tag = image.rsplit_once(':').map(|(_, t)| t);
+            assert_eq!(
+                tag,
+                Some(env!("CARGO_PKG_VERSION")),
+                "{dir}: {name}: image {image}: bump newTag in deploy/base/kustomization.yaml with the version"
+            );
+        }
     }
 }
 
@@ -941,7 +1045,7 @@ fn the_webhook_calls_the_service_the_server_listens_behind() {
         .expect("parses")
         .command
     {
-        CliCommand::Serve(args) => args.listen,
+        Some(CliCommand::Serve(args)) => args.listen,
         _ => unreachable!(),
     };
     for dir in INSTALLS {
@@ -1112,12 +1216,12 @@ fn the_storage_class_is_served_by_the_provisioner_and_named_by_the_policy() {
         .expect("parses")
         .command
     {
-        CliCommand::Provisioner(args) => args.provisioner_name,
+        Some(CliCommand::Provisioner(args)) => args.provisioner_name,
         _ => unreachable!(),
     };
     for dir in INSTALLS {
         let docs = rendered(dir);
-        let d: Deployment = find(docs, "Deployment", "kube-persist");
+        let d: Deployment = find(docs, "Deployment", PROVISIONER);
         let provisioner = resolve_env(docs, container(&d), "PROVISIONER_NAME");
         assert_eq!(
             provisioner, "fuseim.pri/ifs",

@@ -22,7 +22,6 @@ use kube::{
     Client,
     client::Body,
     runtime::{
-        events::Recorder,
         reflector::{Lookup, store::Writer},
         watcher,
     },
@@ -30,6 +29,7 @@ use kube::{
 use kube_persist::{
     provisioner::{
         Config,
+        events::Publisher,
         leader::{LeaderHandle, LeaderTiming, LeaseElector},
         metrics::{Metrics, OpResult, Operation},
         reconcile::{self, Context, RetryBackoff},
@@ -277,7 +277,7 @@ fn context(
         fs: VolumeRoot::new(root.to_path_buf(), Duration::from_secs(5), ".probe"),
         leader,
         metrics: Metrics::unregistered(),
-        recorder: Recorder::new(client.clone(), reconcile::reporter(NAME, "test-pod")),
+        recorder: Publisher::new(client.clone(), reconcile::reporter(NAME, "test-pod")),
         backoff: RetryBackoff::default(),
         sync_timeout: Duration::from_secs(2),
         sync_gate: Default::default(),
@@ -814,7 +814,7 @@ async fn concurrent_reconciles_all_wake_when_the_caches_fill() {
         fs: VolumeRoot::new(root.path().to_path_buf(), Duration::from_secs(5), ".probe"),
         leader: LeaderHandle::always(),
         metrics: Metrics::unregistered(),
-        recorder: Recorder::new(client.clone(), reconcile::reporter(NAME, "test-pod")),
+        recorder: Publisher::new(client.clone(), reconcile::reporter(NAME, "test-pod")),
         backoff: RetryBackoff::default(),
         sync_timeout,
         sync_gate: Default::default(),
@@ -1574,6 +1574,8 @@ fn rbac_table_is_exactly_what_the_provisioner_uses() {
                 "leases",
                 vec!["create", "get", "update"]
             ),
+            ("", "events", vec!["create"]),
+            ("", "endpoints", vec!["create", "get", "update"]),
         ]
     );
 }

@@ -23,10 +23,11 @@ use k8s_openapi::api::{
 use kube::{
     Client,
     client::Body,
-    runtime::{events::Recorder, reflector::store::Writer, watcher},
+    runtime::{reflector::store::Writer, watcher},
 };
 use kube_persist::provisioner::{
     Config,
+    events::Publisher,
     leader::LeaderHandle,
     metrics::Metrics,
     plan,
@@ -177,7 +178,7 @@ pub fn bench_cycle(c: &mut Criterion) {
         tokio::spawn(api_server(handle, Arc::clone(&requests)));
         let client = Client::new(service, "default");
         Arc::new(Context {
-            recorder: Recorder::new(
+            recorder: Publisher::new(
                 client.clone(),
                 reconcile::reporter("fuseim.pri/ifs", "bench"),
             ),

@@ -1,10 +1,12 @@
 //! The bundled NFS provisioner: a drop-in replacement for nfs-subdir-external-provisioner.
 //!
 //! [`plan`] decides (pure), [`volume`] touches the filesystem under the NFS mount, [`reconcile`]
-//! talks to the API server, [`leader`] holds the Lease, [`metrics`] counts. [`Provisioner`]
+//! talks to the API server, [`leader`] holds the leader locks, [`events`] publishes Events,
+//! [`metrics`] counts. [`Provisioner`]
 //! wires them into kube-runtime controllers; the client and the admin port come from
 //! [`crate::run_provisioner`] (or [`crate::run`] beside the webhook).
 
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
@@ -15,7 +17,7 @@ mod runtime;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-pub use runtime::{Provisioner, Readiness, Tuning};
+pub use runtime::{Liveness, Provisioner, Readiness, Tuning};
 
 /// Provisioner flags as given, before validation.
 #[derive(Debug, Clone)]

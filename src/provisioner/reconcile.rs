@@ -22,7 +22,7 @@ use kube::{
     api::{DeleteParams, PostParams, Preconditions},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Reporter},
         reflector::{ObjectRef, Store},
     },
 };
@@ -240,7 +240,7 @@ pub struct Context {
     /// Whether we may act.
     pub leader: LeaderHandle,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    pub recorder: super::events::Publisher,
     pub backoff: RetryBackoff,
     /// How long to wait for the caches to sync before failing a reconcile.
     pub sync_timeout: Duration,

@@ -1,8 +1,13 @@
-//! Wiring: kube-runtime controllers for claims and volumes, a StorageClass reflector, the Lease,
-//! the mount probe and the usage walker. Decides nothing about a claim or a volume: the
+//! Wiring: kube-runtime controllers for claims and volumes, a StorageClass reflector, the leader
+//! election, the mount probe and the usage walker. Decides nothing about a claim or a volume: the
 //! reconcilers ([`super::reconcile`]) do.
 
-use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -14,16 +19,16 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::Recorder,
         reflector, watcher,
     },
 };
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use super::{
     Config,
-    leader::{self, LeaderHandle, LeaderTiming, LeaseElector},
+    events::Publisher,
+    leader::{self, LeaderHandle, LeaderTiming, LeaseElector, LockNames},
     metrics::Metrics,
     plan,
     reconcile::{self, Context, RetryBackoff},
@@ -89,6 +94,30 @@ impl Readiness {
     }
 }
 
+/// Liveness of the provisioner: its election loop still turns (each turn is bounded by the API
+/// call timeouts, so a loop silent for much longer is wedged). The mount plays no part: a hung
+/// hard NFS mount is not fixed by a restart, and an unhealthy mount already gives leadership up.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    beat: Option<Arc<Mutex<Instant>>>,
+    limit: Duration,
+}
+
+impl Liveness {
+    /// Why the provisioner is not live, for `/livez`; `None` when it is.
+    pub fn reason(&self) -> Option<String> {
+        let beat = self.beat.as_ref()?;
+        let last = beat.lock().map_or_else(|_| Instant::now(), |b| *b);
+        let silent = last.elapsed();
+        (silent > self.limit).then(|| {
+            format!(
+                "the leader election loop has not turned for {} s",
+                silent.as_secs()
+            )
+        })
+    }
+}
+
 /// The NFS provisioner controller.
 pub struct Provisioner {
     config: Config,
@@ -98,6 +127,8 @@ pub struct Provisioner {
     tuning: Tuning,
     instance: String,
     identity: String,
+    /// Last turn of the election loop (none without leader election).
+    beat: Option<Arc<Mutex<Instant>>>,
 }
 
 impl std::fmt::Debug for Provisioner {
@@ -127,6 +158,9 @@ impl Provisioner {
         let probe_name = format!(".kube-persist-probe-{identity}");
         let fs = VolumeRoot::new(config.nfs_root.clone(), tuning.fs_timeout, &probe_name)
             .with_export(&config.nfs_path);
+        let config_beat = config
+            .enable_leader_election
+            .then(|| Arc::new(Mutex::new(Instant::now())));
         Provisioner {
             metrics: Metrics::new(registry),
             config,
@@ -135,6 +169,17 @@ impl Provisioner {
             tuning,
             instance,
             identity,
+            beat: config_beat,
+        }
+    }
+
+    /// Cheap handle for `/livez`. Silence of the election loop for three full turns (a pause
+    /// and every call timing out) counts as wedged.
+    pub fn liveness(&self) -> Liveness {
+        let timing = self.tuning.leader;
+        Liveness {
+            beat: self.beat.clone(),
+            limit: (timing.retry_period + timing.call_timeout * 4) * 3,
         }
     }
 
@@ -145,9 +190,11 @@ impl Provisioner {
         }
     }
 
-    /// Runs until `shutdown` resolves: probes the mount, campaigns for the Lease, and while
-    /// leader runs the claim and volume controllers. Losing the Lease stops them at once; they
-    /// start again (with fresh caches) when it is regained.
+    /// Runs until `shutdown` resolves: probes the mount, campaigns for the leader locks while
+    /// the mount is healthy (and gives them up while it is not), and while leader runs the
+    /// claim and volume controllers. Losing leadership stops them at once; they start again
+    /// (with fresh caches) when it is regained. Ends with an error when no lock can ever be
+    /// taken.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Provisioner {
             config,
@@ -157,6 +204,7 @@ impl Provisioner {
             tuning,
             instance,
             identity,
+            beat,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let probe = tokio::spawn(probe_loop(
@@ -165,15 +213,23 @@ impl Provisioner {
             stop_rx.clone(),
         ));
 
-        let (leader, elector) = if config.enable_leader_election {
+        let (leader, mut elector) = if config.enable_leader_election {
             let namespace = leader::lease_namespace_from_env(config.lease_namespace.as_deref());
-            let name = leader::lease_name(&config.provisioner_name);
-            tracing::info!(lease = %name, %namespace, %identity, "Leader election enabled");
+            let names = LockNames::for_provisioner(&config.provisioner_name, &namespace);
+            tracing::info!(lease = %names.lease, endpoints = ?names.endpoints, %namespace, %identity, "Leader election enabled");
             let (elector, handle) =
-                LeaseElector::new(client.clone(), &namespace, &name, &identity, tuning.leader);
+                LeaseElector::with_locks(client.clone(), &names, &identity, tuning.leader);
+            let elector = match beat {
+                Some(beat) => elector.with_heartbeat(beat),
+                None => elector,
+            };
             let m = metrics.clone();
-            let task =
-                tokio::spawn(elector.run(stopped(stop_rx.clone()), move |l| m.set_leader(l)));
+            let health = fs.health();
+            let task = tokio::spawn(elector.run(
+                stopped(stop_rx.clone()),
+                move || health.is_healthy(),
+                move |l| m.set_leader(l),
+            ));
             (handle, Some(task))
         } else {
             metrics.set_leader(true);
@@ -184,6 +240,7 @@ impl Provisioner {
         let result = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
+                e = election_end(&mut elector) => break Err(e),
                 _ = leader.acquired() => {}
             }
             tracing::info!(provisioner = %config.provisioner_name, "Provisioning started");
@@ -197,8 +254,9 @@ impl Provisioner {
             };
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
+                e = election_end(&mut elector) => break Err(e),
                 _ = leader.lost() => {
-                    tracing::warn!("Lost the Lease: provisioning stopped");
+                    tracing::warn!("Lost leadership: provisioning stopped");
                 }
                 () = run_controllers(parts, tuning) => {
                     break Err(anyhow::anyhow!("the provisioner controllers stopped unexpectedly"));
@@ -207,12 +265,28 @@ impl Provisioner {
         };
         let _ = stop_tx.send(true);
         if let Some(task) = elector {
-            // Releases the Lease; bounded so shutdown cannot hang on a dead API server.
-            let _ = tokio::time::timeout(tuning.leader.call_timeout * 2, task).await;
+            // Releases the locks; bounded so shutdown cannot hang on a dead API server.
+            let _ = tokio::time::timeout(tuning.leader.call_timeout * 4, task).await;
         }
         probe.abort();
         tracing::info!("Provisioner stopped");
         result
+    }
+}
+
+/// Resolves when the election task ends (never without one), with why; takes the task.
+async fn election_end(
+    task: &mut Option<tokio::task::JoinHandle<Result<(), leader::LeaderError>>>,
+) -> anyhow::Error {
+    let Some(running) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = running.await;
+    *task = None;
+    match ended {
+        Ok(Ok(())) => anyhow::anyhow!("leader election stopped unexpectedly"),
+        Ok(Err(e)) => anyhow::Error::new(e),
+        Err(e) => anyhow::anyhow!("the leader election task failed: {e}"),
     }
 }
 
@@ -309,7 +383,7 @@ async fn run_controllers(parts: Parts, tuning: Tuning) {
         },
     );
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
+        recorder: Publisher::new(
             client.clone(),
             reconcile::reporter(&config.provisioner_name, &instance),
         ),
@@ -364,5 +438,33 @@ async fn usage_loop(ctx: Arc<Context>, tuning: Tuning) {
         let measured = reconcile::measure_volumes(&ctx, tuning.walk_limits, &mut known).await;
         tracing::debug!(volumes = measured.len(), "Measured volume usage");
         tokio::time::sleep(tuning.walk_interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_fails_once_the_election_loop_is_silent_past_its_limit() {
+        let beat = Arc::new(Mutex::new(Instant::now()));
+        let live = Liveness {
+            beat: Some(Arc::clone(&beat)),
+            limit: Duration::from_secs(66),
+        };
+        assert_eq!(live.reason(), None);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(live.reason(), None);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let why = live.reason().unwrap();
+        assert!(why.contains("has not turned for 67 s"), "{why}");
+        *beat.lock().unwrap() = Instant::now();
+        assert_eq!(live.reason(), None);
+        // Without leader election there is no loop to watch.
+        let none = Liveness {
+            beat: None,
+            limit: Duration::ZERO,
+        };
+        assert_eq!(none.reason(), None);
     }
 }

@@ -31,6 +31,9 @@ pub struct Binaries {
     pub go: PathBuf,
     /// `target/release/kube-persist`.
     pub kube_persist: PathBuf,
+    /// oldleader (`tests/cluster/build-oldleader.sh`): client-go's leader election as
+    /// nfs-subdir-external-provisioner runs it.
+    pub oldleader: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -63,7 +66,12 @@ impl Binaries {
                 kube_persist.display()
             ));
         }
-        Ok(Binaries { go, kube_persist })
+        let oldleader = std::env::var_os("KUBE_PERSIST_OLDLEADER").map(PathBuf::from);
+        Ok(Binaries {
+            go,
+            kube_persist,
+            oldleader,
+        })
     }
 }
 
@@ -770,6 +778,46 @@ impl Cluster {
             || http_get(admin, "/readyz").filter(|(s, _)| *s == 200),
         );
         proc
+    }
+
+    /// The oldleader binary, or a clear failure.
+    pub fn oldleader(&self) -> PathBuf {
+        let path = self.bins.oldleader.clone().expect(
+            "KUBE_PERSIST_OLDLEADER is not set: run the cluster tier with tests/cluster/run.sh, \
+             which builds oldleader with tests/cluster/build-oldleader.sh",
+        );
+        assert!(path.is_file(), "{} is missing", path.display());
+        path
+    }
+
+    /// The kube-persist release binary.
+    pub fn kube_persist_bin(&self) -> &Path {
+        &self.bins.kube_persist
+    }
+
+    /// A kubeconfig for ServiceAccount `namespace/name`, with a token from the TokenRequest
+    /// API: requests made with it are authorized by the RBAC bound to that ServiceAccount only.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let out = self.kubectl(&["-n", namespace, "create", "token", name, "--duration=2h"]);
+        assert!(out.ok, "kubectl create token: {}", out.stderr);
+        let admin: Value = serde_json::from_str(
+            &fs::read_to_string(&self.kubeconfig).expect("read the admin kubeconfig"),
+        )
+        .expect("the admin kubeconfig is JSON");
+        let kubeconfig = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": admin["clusters"],
+            "users": [{"name": name, "user": {"token": out.stdout.trim()}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "test", "user": name}}],
+            "current-context": "sa",
+        });
+        let path = self
+            .dir
+            .join("pki")
+            .join(format!("{namespace}-{name}.kubeconfig"));
+        fs::write(&path, kubeconfig.to_string()).expect("write kubeconfig");
+        path
     }
 
     /// The Lease identity a provisioner announced in its log.

@@ -11,6 +11,8 @@ if ! command -v go >/dev/null 2>&1; then
   exit 2
 fi
 bin="$(tests/cluster/build.sh)"
+oldleader="$(tests/cluster/build-oldleader.sh)"
 cargo build --release --locked --bin kube-persist
-KUBE_PERSIST_CLUSTER_BIN="$bin" KUBE_PERSIST_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/kube-persist" \
+KUBE_PERSIST_CLUSTER_BIN="$bin" KUBE_PERSIST_OLDLEADER="$oldleader" \
+  KUBE_PERSIST_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/kube-persist" \
   cargo test --locked --features cluster-tests --test cluster -- "$@"

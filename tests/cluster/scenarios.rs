@@ -15,8 +15,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Cluster, NFS_PATH, NFS_SERVER, PROVISIONER_NAME, WEBHOOK_CONFIG, b64, repo, wait_for,
-    write_atomic,
+    Cluster, NFS_PATH, NFS_SERVER, PROVISIONER_NAME, Proc, WEBHOOK_CONFIG, b64, free_port,
+    http_get, repo, wait_for, write_atomic,
 };
 
 /// A named scenario.
@@ -60,6 +60,14 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "leader-failover",
         run: leader_failover,
+    },
+    Scenario {
+        name: "upstream-swap",
+        run: upstream_swap,
+    },
+    Scenario {
+        name: "mount-failover",
+        run: mount_failover,
     },
     Scenario {
         name: "cert-rotation",
@@ -714,6 +722,424 @@ fn leader_failover(c: &mut Cluster) {
         new_holder, survivor,
         "the Lease did not move to the survivor"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7b. Swapping nfs-subdir-external-provisioner for kube-persist, under upstream's RBAC
+
+/// nfs-subdir-external-provisioner's `deploy/rbac.yaml`, in namespace `ns` (its ClusterRole
+/// and binding named after `ns`, so scenarios do not share them).
+fn upstream_rbac(ns: &str) -> Value {
+    let sa = json!([{"kind": "ServiceAccount", "name": "nfs-client-provisioner", "namespace": ns}]);
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "nfs-client-provisioner", "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": format!("nfs-client-provisioner-runner-{ns}")},
+         "rules": [
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["persistentvolumes"],
+             "verbs": ["get", "list", "watch", "create", "delete"]},
+            {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+             "verbs": ["get", "list", "watch", "update"]},
+            {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
+             "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]}
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": format!("run-nfs-client-provisioner-{ns}")},
+         "subjects": sa,
+         "roleRef": {"kind": "ClusterRole", "name": format!("nfs-client-provisioner-runner-{ns}"),
+                     "apiGroup": "rbac.authorization.k8s.io"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "leader-locking-nfs-client-provisioner", "namespace": ns},
+         "rules": [{"apiGroups": [""], "resources": ["endpoints"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "leader-locking-nfs-client-provisioner", "namespace": ns},
+         "subjects": sa,
+         "roleRef": {"kind": "Role", "name": "leader-locking-nfs-client-provisioner",
+                     "apiGroup": "rbac.authorization.k8s.io"}}
+    ]})
+}
+
+/// The holder in upstream's Endpoints lock `ns/name`, if any.
+fn endpoints_holder(c: &Cluster, ns: &str, name: &str) -> Option<String> {
+    let ep = c.try_get("endpoints", Some(ns), name).ok().flatten()?;
+    let text =
+        ep["metadata"]["annotations"]["control-plane.alpha.kubernetes.io/leader"].as_str()?;
+    let record: Value = serde_json::from_str(text).ok()?;
+    record["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+        .filter(|h| !h.is_empty())
+}
+
+/// A rolling swap of an nfs-subdir-external-provisioner Deployment to kube-persist's image,
+/// with upstream's RBAC and nothing else: the old pod (client-go's leader election on the
+/// `endpoints` lock, as upstream's library runs it) leads; kube-persist starts with no
+/// arguments and upstream's environment, as that Deployment starts the image, as the
+/// ServiceAccount. It provisions nothing while the old pod renews; once the old pod is killed
+/// it takes the lock only after the record expires, then binds the claim, with core Events.
+fn upstream_swap(c: &mut Cluster) {
+    let ns = "nfs-upstream";
+    let claims = "upstream-claims";
+    let provisioner = "example.com/upstream-nfs";
+    let lock = "example.com-upstream-nfs";
+    namespace(c, ns);
+    namespace(c, claims);
+    apply(c, &upstream_rbac(ns));
+    apply(
+        c,
+        &json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "kp-upstream"},
+            "provisioner": provisioner,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate"
+        }),
+    );
+    let kubeconfig = c.service_account_kubeconfig(ns, "nfs-client-provisioner");
+
+    // The old pod.
+    let old_identity = "nfs-client-provisioner-6c8d9f-x2k4p_8e1f0c2a-3b4d-4e5f-9a6b-7c8d9e0f1a2b";
+    let mut cmd = std::process::Command::new(c.oldleader());
+    cmd.args([
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={ns}"),
+        format!("--provisioner={provisioner}"),
+        format!("--identity={old_identity}"),
+    ]);
+    let mut old = Proc::start("oldleader", cmd, &c.logs);
+    wait_for(
+        "the old pod leading on the Endpoints lock",
+        Duration::from_secs(30),
+        || old.tail(30),
+        || {
+            (old_log_leads(&old) && endpoints_holder(c, ns, lock).as_deref() == Some(old_identity))
+                .then_some(())
+        },
+    );
+
+    // kube-persist as the new pod: no arguments, upstream's environment, the ServiceAccount.
+    let root = c.dir.join("nfs-upstream");
+    fs::create_dir_all(&root).expect("create the NFS root");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = std::process::Command::new(c.kube_persist_bin());
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env("PROVISIONER_NAME", provisioner)
+        .env("NFS_SERVER", NFS_SERVER)
+        .env("NFS_PATH", NFS_PATH)
+        .env("POD_NAMESPACE", ns)
+        .env("KUBE_PERSIST_NFS_ROOT", &root)
+        .env("KUBE_PERSIST_PROVISIONER_ADMIN_LISTEN", admin.to_string())
+        .env("KUBE_PERSIST_LOG_FORMAT", "json")
+        .env_remove("KUBE_PERSIST_LEASE_NAMESPACE")
+        .env_remove("ENABLE_LEADER_ELECTION");
+    let mut new = Proc::start("kube-persist-upstream", cmd, &c.logs);
+    new.wait_ready(
+        "kube-persist (no arguments) ready (/readyz)",
+        Duration::from_secs(30),
+        || http_get(admin, "/readyz").filter(|(s, _)| *s == 200),
+    );
+
+    apply(
+        c,
+        &json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "swapped", "namespace": claims},
+            "spec": {"storageClassName": "kp-upstream", "accessModes": ["ReadWriteMany"],
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    );
+    // Both pods run: the old one renews, kube-persist waits.
+    std::thread::sleep(LEASE_DURATION / 2);
+    let claim = c.get("pvc", Some(claims), "swapped").expect("claim");
+    assert_eq!(
+        claim["status"]["phase"], "Pending",
+        "bound while the old pod leads: {claim}"
+    );
+    assert_eq!(
+        endpoints_holder(c, ns, lock).as_deref(),
+        Some(old_identity),
+        "the lock moved while its holder renewed it"
+    );
+    old.assert_running();
+
+    // The old pod goes (terminated without release, as upstream's library does).
+    old.kill();
+    let killed_at = Instant::now();
+    let bound = wait_bound(c, claims, "swapped", LEASE_DURATION + LEASE_RETRY + BIND);
+    let took = killed_at.elapsed();
+    eprintln!(
+        "upstream-swap: claim bound {:.1} s after the old pod was killed",
+        took.as_secs_f64()
+    );
+    // The old pod renewed at most one retry period before it was killed: kube-persist waited
+    // out the rest of the lease duration (less a second of rounding) before provisioning.
+    assert!(
+        took + LEASE_RETRY + Duration::from_secs(1) >= LEASE_DURATION,
+        "provisioned {:.1} s after the old pod was killed, before its record expired",
+        took.as_secs_f64()
+    );
+    assert!(
+        took <= LEASE_DURATION + LEASE_RETRY + Duration::from_secs(10),
+        "takeover took {:.1} s",
+        took.as_secs_f64()
+    );
+
+    let pv_name = bound["spec"]["volumeName"].as_str().expect("volumeName");
+    let pv = c.get("pv", None, pv_name).expect("the bound PV exists");
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"], provisioner,
+        "{pv}"
+    );
+    let dir = format!("{claims}-swapped-{pv_name}");
+    assert_eq!(pv["spec"]["nfs"]["path"], format!("{NFS_PATH}/{dir}"));
+    assert!(root.join(&dir).is_dir(), "directory {dir} missing");
+
+    let identity = Cluster::provisioner_identity(&new).expect("kube-persist's identity");
+    assert_eq!(endpoints_holder(c, ns, lock), Some(identity));
+    assert!(
+        c.get("lease", Some(ns), lock).is_none(),
+        "a Lease written without permission"
+    );
+    // Core Events, since events.k8s.io is not granted.
+    let events = c.kubectl(&[
+        "-n",
+        claims,
+        "get",
+        "events",
+        "--field-selector=involvedObject.name=swapped",
+        "-o",
+        "json",
+    ]);
+    assert!(events.ok, "{}", events.stderr);
+    let events: Value = serde_json::from_str(&events.stdout).expect("JSON");
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"ProvisioningSucceeded"),
+        "events: {reasons:?}"
+    );
+    // One warning for the forbidden Lease, none repeated, no failed rounds.
+    let log = new.log();
+    assert_eq!(
+        log.matches("No permission for this lock").count(),
+        1,
+        "{}",
+        new.tail(40)
+    );
+    assert_eq!(
+        log.matches("Leader election round failed").count(),
+        0,
+        "{}",
+        new.tail(40)
+    );
+    new.assert_running();
+
+    // And back: an upstream pod started now respects kube-persist's record (client-go reads it)
+    // and, once kube-persist stops and releases the lock, takes it at its next retry instead of
+    // waiting out the lease duration.
+    let back_identity = "nfs-client-provisioner-6c8d9f-r7t2m_1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+    let mut cmd = std::process::Command::new(c.oldleader());
+    cmd.args([
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={ns}"),
+        format!("--provisioner={provisioner}"),
+        format!("--identity={back_identity}"),
+    ]);
+    let mut back = Proc::start("oldleader-back", cmd, &c.logs);
+    std::thread::sleep(LEASE_DURATION / 3);
+    back.assert_running();
+    assert!(
+        !old_log_leads(&back),
+        "the upstream pod led beside kube-persist: {}",
+        back.tail(20)
+    );
+    new.stop();
+    let stopped_at = Instant::now();
+    wait_for(
+        "the upstream pod leading after kube-persist released the lock",
+        LEASE_DURATION,
+        || back.tail(20),
+        || {
+            (old_log_leads(&back)
+                && endpoints_holder(c, ns, lock).as_deref() == Some(back_identity))
+            .then_some(())
+        },
+    );
+    let took = stopped_at.elapsed();
+    eprintln!(
+        "upstream-swap: the upstream pod led {:.1} s after kube-persist stopped",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < LEASE_DURATION / 2,
+        "the released lock was waited out like a held one ({:.1} s)",
+        took.as_secs_f64()
+    );
+    back.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7c. A hung NFS mount hands leadership over
+
+/// A provisioner for `provisioner_name` with its own NFS root, the Lease in `kube-persist`;
+/// returns it with its admin address once ready.
+fn start_own_provisioner(
+    c: &Cluster,
+    name: &str,
+    provisioner_name: &str,
+    root: &std::path::Path,
+) -> (Proc, std::net::SocketAddr) {
+    fs::create_dir_all(root).expect("create the NFS root");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = std::process::Command::new(c.kube_persist_bin());
+    cmd.env("KUBECONFIG", &c.kubeconfig)
+        .env("PROVISIONER_NAME", provisioner_name)
+        .env("NFS_SERVER", NFS_SERVER)
+        .env("NFS_PATH", NFS_PATH)
+        .env_remove("POD_NAMESPACE")
+        .args([
+            "--log-format".to_string(),
+            "json".to_string(),
+            "provisioner".to_string(),
+            format!("--nfs-root={}", root.display()),
+            "--lease-namespace=kube-persist".to_string(),
+            format!("--provisioner-admin-listen={admin}"),
+        ]);
+    let mut proc = Proc::start(name, cmd, &c.logs);
+    proc.wait_ready(
+        &format!("{name} ready (/readyz)"),
+        Duration::from_secs(30),
+        || http_get(admin, "/readyz").filter(|(s, _)| *s == 200),
+    );
+    (proc, admin)
+}
+
+/// Two provisioners, each with its own mount. The leader's mount hangs (its probe's write
+/// blocks, on a FIFO nobody reads): it turns unready but stays live, gives both leader locks
+/// up, and the other replica takes them and binds a new claim on its mount.
+fn mount_failover(c: &mut Cluster) {
+    let ns = "mount-claims";
+    let provisioner = "example.com/mount-failover";
+    let lock = "example.com-mount-failover";
+    namespace(c, ns);
+    apply(
+        c,
+        &json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "kp-mount"},
+            "provisioner": provisioner,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate"
+        }),
+    );
+    let roots = [c.dir.join("nfs-mount-a"), c.dir.join("nfs-mount-b")];
+    let mut replicas = vec![
+        start_own_provisioner(c, "mount-a", provisioner, &roots[0]),
+        start_own_provisioner(c, "mount-b", provisioner, &roots[1]),
+    ];
+    let lease_holder = |c: &Cluster| {
+        c.try_get("lease", Some("kube-persist"), lock)
+            .ok()
+            .flatten()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty())
+    };
+    let holder = wait_for(
+        "a replica holding the Lease and the Endpoints lock",
+        Duration::from_secs(30),
+        || c.tails(),
+        || {
+            lease_holder(c)
+                .filter(|h| endpoints_holder(c, "kube-persist", lock).as_ref() == Some(h))
+        },
+    );
+    let ids: Vec<Option<String>> = replicas
+        .iter()
+        .map(|(p, _)| Cluster::provisioner_identity(p))
+        .collect();
+    let leader = ids
+        .iter()
+        .position(|i| i.as_deref() == Some(holder.as_str()))
+        .unwrap_or_else(|| panic!("Lease holder {holder} is none of {ids:?}"));
+    let other = 1 - leader;
+    assert_eq!(
+        endpoints_holder(c, "kube-persist", lock).as_deref(),
+        Some(holder.as_str())
+    );
+
+    let fifo = roots[leader].join(format!(".kube-persist-probe-{holder}"));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let hung_at = Instant::now();
+    let (leader_admin, other_id) = (replicas[leader].1, ids[other].clone());
+    // Probe every 10 s, each call 15 s at most: both locks move within ~30 s.
+    wait_for(
+        "both locks moved to the healthy replica",
+        Duration::from_secs(60),
+        || c.tails(),
+        || {
+            (lease_holder(c) == other_id && endpoints_holder(c, "kube-persist", lock) == other_id)
+                .then_some(())
+        },
+    );
+    let took = hung_at.elapsed();
+    eprintln!(
+        "mount-failover: leadership moved {:.1} s after the mount hung",
+        took.as_secs_f64()
+    );
+    let ready = http_get(leader_admin, "/readyz").map(|(s, _)| s);
+    let live = http_get(leader_admin, "/livez").map(|(s, _)| s);
+
+    apply(
+        c,
+        &json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "after-hang", "namespace": ns},
+            "spec": {"storageClassName": "kp-mount", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    );
+    let bound = wait_bound(c, ns, "after-hang", BIND);
+    let pv = bound["spec"]["volumeName"].as_str().expect("volumeName");
+
+    // Let the hung writes finish (a reader on the FIFO), so the replica can stop.
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        if let Ok(mut f) = fs::File::open(&fifo) {
+            let mut sink = Vec::new();
+            let _ = f.read_to_end(&mut sink);
+        }
+    });
+    assert_eq!(ready, Some(503), "the hung replica still reports ready");
+    assert_eq!(
+        live,
+        Some(200),
+        "the hung replica is not live (a restart cures no hung mount)"
+    );
+    assert!(
+        roots[other].join(format!("{ns}-after-hang-{pv}")).is_dir(),
+        "the claim was not provisioned on the healthy replica's mount"
+    );
+    let _ = reader.join();
+    for (proc, _) in &mut replicas {
+        proc.assert_running();
+        proc.stop();
+    }
+}
+
+fn old_log_leads(old: &Proc) -> bool {
+    old.log().lines().any(|l| l.trim() == "leading")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -656,15 +656,7 @@ async fn confirm_cleanup(
     plan: &DeletePlan,
     ctx: &Context,
 ) -> Result<Option<DeletePlan>, Error> {
-    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let fresh = api
-        .get_opt(&plan.pv_name)
-        .await
-        .map_err(|source| Error::Kube {
-            action: "reading PersistentVolume",
-            object: plan.pv_name.clone(),
-            source,
-        })?;
+    let fresh = read_volume(&plan.pv_name, ctx).await?;
     let Some(fresh) = fresh.filter(|f| f.metadata.uid == pv.metadata.uid) else {
         return Ok(None);
     };
@@ -675,6 +667,16 @@ async fn confirm_cleanup(
             Ok(None)
         }
     }
+}
+
+/// The PV `name` as the API server has it now (`None` when it is gone).
+async fn read_volume(name: &str, ctx: &Context) -> Result<Option<PersistentVolume>, Error> {
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    api.get_opt(name).await.map_err(|source| Error::Kube {
+        action: "reading PersistentVolume",
+        object: name.to_owned(),
+        source,
+    })
 }
 
 async fn delete(pv: &PersistentVolume, plan: &DeletePlan, ctx: &Context) -> Result<Action, Error> {
@@ -796,20 +798,10 @@ async fn delete_volume(plan: &DeletePlan, ctx: &Context) -> Result<(), Error> {
     match api.delete(&plan.pv_name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            let now = api
-                .get_opt(&plan.pv_name)
-                .await
-                .map_err(|source| Error::Kube {
-                    action: "reading PersistentVolume",
-                    object: plan.pv_name.clone(),
-                    source,
-                })?;
-            match now {
-                Some(pv) if pv.metadata.uid == plan.pv_uid => Err(kube_error(kube::Error::Api(s))),
-                _ => Ok(()),
-            }
-        }
+        Err(kube::Error::Api(s)) if s.code == 409 => match read_volume(&plan.pv_name, ctx).await? {
+            Some(pv) if pv.metadata.uid == plan.pv_uid => Err(kube_error(kube::Error::Api(s))),
+            _ => Ok(()),
+        },
         Err(source) => Err(kube_error(source)),
     }
 }
